@@ -1,0 +1,104 @@
+"""A small client for Airflow's REST API (v2), used by `make demo` and the end-to-end tests.
+
+It speaks HTTP only, so it works against any Airflow 3 deployment, not just
+the local one, and never imports Airflow itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from airlock.errors import AirlockError
+
+TERMINAL_RUN_STATES = {"success", "failed"}
+
+
+class AirflowApiError(AirlockError):
+    """The API answered with an error or not at all; the message names the call."""
+
+
+@dataclass
+class AirflowClient:
+    base_url: str
+    username: str
+    password: str = field(repr=False)
+    timeout: float = 30.0
+    _token: str | None = field(default=None, init=False, repr=False)
+
+    def _headers(self) -> dict[str, str]:
+        if self._token is None:
+            self._token = self._login()
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def _login(self) -> str:
+        url = f"{self.base_url}/auth/token"
+        try:
+            response = requests.post(
+                url, json={"username": self.username, "password": self.password}, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise AirflowApiError(f"POST {url}: {type(exc).__name__}") from None
+        if response.status_code not in (200, 201):
+            raise AirflowApiError(f"POST {url}: HTTP {response.status_code} (check the username and password)")
+        return response.json()["access_token"]
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = f"{self.base_url}/api/v2{path}"
+        try:
+            response = requests.request(method, url, headers=self._headers(), timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise AirflowApiError(f"{method} {url}: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise AirflowApiError(f"{method} {url}: HTTP {response.status_code}: {response.text[:500]}")
+        return response.json() if response.content else None
+
+    def import_errors(self) -> list[dict]:
+        return self.request("GET", "/importErrors")["import_errors"]
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180.0) -> dict:
+        """Wait until the DAG processor has parsed ``dag_id``; fail early on an import error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            errors = self.import_errors()
+            if errors:
+                details = "; ".join(f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in errors)
+                raise AirflowApiError(f"DAG import errors: {details}")
+            try:
+                return self.request("GET", f"/dags/{dag_id}")
+            except AirflowApiError:
+                if time.monotonic() > deadline:
+                    raise AirflowApiError(f"DAG {dag_id} did not appear within {timeout:.0f}s") from None
+                time.sleep(2)
+
+    def unpause(self, dag_id: str) -> None:
+        self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict, note: str | None = None) -> str:
+        body: dict[str, Any] = {"logical_date": None, "conf": conf}
+        if note:
+            body["note"] = note
+        return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900.0, poll: float = 2.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in TERMINAL_RUN_STATES:
+                return run
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"run {run_id} of {dag_id} still {run['state']} after {timeout:.0f}s")
+            time.sleep(poll)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        entry = self.request(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"deserialize": "true"},
+        )
+        return entry["value"]

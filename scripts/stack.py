@@ -1,0 +1,631 @@
+#!/usr/bin/env python3
+"""Start, stop and inspect Airlock's local stack: real servers on loopback.
+
+    python scripts/stack.py up [--only vault,s3,hub,airflow]
+    python scripts/stack.py down
+    python scripts/stack.py status
+
+Services (each address moves with one environment variable):
+
+    vault    OpenBao dev server (``bao``)          AIRLOCK_VAULT_ADDR   http://127.0.0.1:8200
+    s3       moto in server mode                   AIRLOCK_S3_ENDPOINT  http://127.0.0.1:9000
+    hub      olah serving the demo git+LFS repos   AIRLOCK_HUB_ENDPOINT http://127.0.0.1:8090
+    airflow  ``airflow standalone``                AIRLOCK_AIRFLOW_URL  http://127.0.0.1:8080
+
+State (PID files, logs, tokens, AIRFLOW_HOME, the olah venv) lives under
+AIRLOCK_STATE_DIR (default ``<repo>/.airlock``, git-ignored). ``up`` is
+idempotent: a service whose PID file names a live process of ours that answers
+its health check is left alone. ``down`` stops only processes whose PID files
+this script wrote. ``up`` ends by writing ``<state>/env``: shell ``export``
+lines that point the CLI, scripts and tests at the stack.
+
+Run it with the project venv's interpreter (``.venv/bin/python``): the
+provisioning steps use hvac from that venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SIGNER_POLICY_FILE = REPO / "include" / "vault" / "airlock-signer.hcl"
+SIGNER_POLICY = "airlock-signer"
+PIPELINE_APPROLE = "airlock-pipeline"
+TRANSIT_MOUNT = "transit"
+SIGNING_KEY = "airlock-model-signing"
+AIRFLOW_ADMIN_USER = "admin"
+AIRFLOW_ADMIN_PASSWORD_DEFAULT = "airlock"
+# moto accepts any credentials; these are not secrets, they only satisfy boto3.
+S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "airlock-local", "AWS_SECRET_ACCESS_KEY": "airlock-local"}
+S3_REGION = "us-east-1"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class StackError(RuntimeError):
+    """A stack operation failed; the message says what and where to look."""
+
+
+@dataclass(frozen=True)
+class ServiceAddress:
+    name: str
+    variable: str
+    default: str
+
+    @property
+    def url(self) -> str:
+        return os.environ.get(self.variable, self.default).rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        if parts.port is None:
+            raise StackError(f"{self.variable}={self.url!r} must name an explicit port")
+        return parts.port
+
+
+VAULT = ServiceAddress("vault", "AIRLOCK_VAULT_ADDR", "http://127.0.0.1:8200")
+S3 = ServiceAddress("s3", "AIRLOCK_S3_ENDPOINT", "http://127.0.0.1:9000")
+HUB = ServiceAddress("hub", "AIRLOCK_HUB_ENDPOINT", "http://127.0.0.1:8090")
+AIRFLOW = ServiceAddress("airflow", "AIRLOCK_AIRFLOW_URL", "http://127.0.0.1:8080")
+ADDRESSES = {a.name: a for a in (VAULT, S3, HUB, AIRFLOW)}
+START_ORDER = ("vault", "s3", "hub", "airflow")
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class State:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> State:
+        root = Path(os.environ.get("AIRLOCK_STATE_DIR", REPO / ".airlock")).expanduser().resolve()
+        for sub in ("run", "logs", "secrets"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "secrets").chmod(0o700)
+        return cls(root)
+
+    def pidfile(self, name: str) -> Path:
+        return self.root / "run" / f"{name}.pid"
+
+    def logfile(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def secret(self, name: str) -> Path:
+        return self.root / "secrets" / name
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "env"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.root / "airflow"
+
+    @property
+    def hub_root(self) -> Path:
+        return self.root / "hub"
+
+    @property
+    def olah_venv(self) -> Path:
+        return self.root / "olah-venv"
+
+
+def write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+
+
+def read_or_create_secret(path: Path, factory: Callable[[], str]) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = factory()
+    write_secret(path, value)
+    return value
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def log(message: str) -> None:
+    print(f"[stack] {message}", flush=True)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def running_pid(state: State, name: str) -> int | None:
+    """The PID from ``name``'s PID file if that process is alive and is the one we started."""
+    pidfile = state.pidfile(name)
+    if not pidfile.exists():
+        return None
+    try:
+        record = json.loads(pidfile.read_text())
+        pid, marker = int(record["pid"]), record["marker"]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError, KeyError):
+        pidfile.unlink(missing_ok=True)
+        return None
+    if marker not in cmdline:  # the PID was reused by something that is not ours
+        pidfile.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def spawn(state: State, name: str, argv: list[str], env: dict[str, str], marker: str) -> int:
+    logfile = state.logfile(name)
+    with logfile.open("ab") as out:
+        out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}\n".encode())
+        out.flush()
+        process = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: `down` stops it and its children together
+        )
+    state.pidfile(name).write_text(json.dumps({"pid": process.pid, "marker": marker, "argv": argv}))
+    return process.pid
+
+
+def log_tail(state: State, name: str, lines: int = 30) -> str:
+    try:
+        return "\n".join(state.logfile(name).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_until(
+    state: State, name: str, pid: int, healthy: Callable[[], bool], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            raise StackError(
+                f"{name} exited while starting; last lines of {state.logfile(name)}:\n{log_tail(state, name)}"
+            )
+        if healthy():
+            return
+        time.sleep(0.5)
+    raise StackError(
+        f"{name} did not become healthy ({what}) within {timeout:.0f}s; "
+        f"last lines of {state.logfile(name)}:\n{log_tail(state, name)}"
+    )
+
+
+def http_ok(url: str, accept: Callable[[int, bytes], bool] | None = None, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URLs we built
+            body = response.read()
+            return accept(response.status, body) if accept else 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def stop_process_tree(state: State, name: str, grace: float = 20.0) -> bool:
+    import psutil
+
+    pid = running_pid(state, name)
+    if pid is None:
+        state.pidfile(name).unlink(missing_ok=True)
+        return False
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    for proc in family:  # children that left the process group (task supervisors) too
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    state.pidfile(name).unlink(missing_ok=True)
+    return True
+
+
+def ensure_port_free(address: ServiceAddress) -> None:
+    if address.host not in LOOPBACK:
+        raise StackError(f"{address.variable}={address.url}: the local stack binds loopback addresses only")
+    if port_in_use(address.host, address.port):
+        raise StackError(
+            f"port {address.port} ({address.name}) is already in use by a process this stack did not start; "
+            f"stop it or move the {address.name} with {address.variable}=http://127.0.0.1:<free port>"
+        )
+
+
+def run_checked(argv: list[str], env: dict[str, str] | None = None, what: str = "") -> str:
+    result = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"{what or argv[0]} failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+# --------------------------------------------------------------------------- vault (OpenBao)
+
+
+def start_vault(state: State) -> None:
+    root_token = read_or_create_secret(state.secret("vault-root-token"), lambda: "airlock-root-" + secrets.token_hex(20))
+    if running_pid(state, "vault") and vault_healthy():
+        log(f"vault already running at {VAULT.url}")
+    else:
+        ensure_port_free(VAULT)
+        env = dict(os.environ)
+        # In the environment, not argv: the root token never shows up in `ps`.
+        env["BAO_DEV_ROOT_TOKEN_ID"] = env["VAULT_DEV_ROOT_TOKEN_ID"] = root_token
+        argv = [str(VENV_BIN / "bao"), "server", "-dev", f"-dev-listen-address={VAULT.host}:{VAULT.port}",
+                "-dev-no-store-token"]
+        pid = spawn(state, "vault", argv, env, marker="server -dev")
+        wait_until(state, "vault", pid, vault_healthy, 60, f"GET {VAULT.url}/v1/sys/health")
+        log(f"vault (OpenBao dev server) up at {VAULT.url}")
+    provision_vault(state, root_token)
+
+
+def vault_healthy() -> bool:
+    return http_ok(f"{VAULT.url}/v1/sys/health")
+
+
+def provision_vault(state: State, root_token: str) -> None:
+    """Transit key, signer policy and the pipeline's AppRole; the signer token lands in the env file."""
+    import hvac
+
+    admin = hvac.Client(url=VAULT.url, token=root_token)
+    if f"{TRANSIT_MOUNT}/" not in admin.sys.list_mounted_secrets_engines()["data"]:
+        admin.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
+    if not transit_key_exists(admin):
+        admin.secrets.transit.create_key(
+            SIGNING_KEY, key_type="ecdsa-p256", exportable=False, allow_plaintext_backup=False,
+            mount_point=TRANSIT_MOUNT,
+        )
+    admin.sys.create_or_update_policy(SIGNER_POLICY, SIGNER_POLICY_FILE.read_text())
+    if "approle/" not in admin.sys.list_auth_methods()["data"]:
+        admin.sys.enable_auth_method("approle")
+    admin.auth.approle.create_or_update_approle(
+        PIPELINE_APPROLE,
+        token_policies=[SIGNER_POLICY],
+        token_no_default_policy=True,
+        token_ttl="72h",
+        token_max_ttl="72h",
+        token_type="service",
+    )
+    role_id = admin.auth.approle.read_role_id(PIPELINE_APPROLE)["data"]["role_id"]
+    secret_id = admin.auth.approle.generate_secret_id(PIPELINE_APPROLE)["data"]["secret_id"]
+    login = hvac.Client(url=VAULT.url).auth.approle.login(role_id=role_id, secret_id=secret_id)
+    write_secret(state.secret("vault-approle.json"), json.dumps({"role_id": role_id, "secret_id": secret_id}))
+    write_secret(state.secret("vault-signer-token"), login["auth"]["client_token"])
+    log(f"vault provisioned: transit key {SIGNING_KEY} (ecdsa-p256, non-exportable), policy {SIGNER_POLICY}, "
+        f"AppRole {PIPELINE_APPROLE}")
+
+
+def transit_key_exists(admin) -> bool:
+    import hvac.exceptions
+
+    try:
+        admin.secrets.transit.read_key(SIGNING_KEY, mount_point=TRANSIT_MOUNT)
+        return True
+    except hvac.exceptions.InvalidPath:
+        return False
+
+
+# --------------------------------------------------------------------------- s3 (moto)
+
+
+def start_s3(state: State) -> None:
+    if running_pid(state, "s3") and s3_healthy():
+        log(f"s3 already running at {S3.url}")
+        return
+    ensure_port_free(S3)
+    argv = [str(VENV_BIN / "moto_server"), "-H", S3.host, "-p", str(S3.port)]
+    pid = spawn(state, "s3", argv, dict(os.environ), marker="moto_server")
+    wait_until(state, "s3", pid, s3_healthy, 60, f"GET {S3.url}/moto-api/")
+    log(f"s3 (moto server) up at {S3.url}")
+
+
+def s3_healthy() -> bool:
+    return http_ok(f"{S3.url}/moto-api/")
+
+
+# --------------------------------------------------------------------------- hub (olah)
+
+
+def files_digest(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_olah_venv(state: State) -> Path:
+    """olah needs a newer FastAPI than Airflow allows, so it lives in its own venv."""
+    requirements = REPO / "requirements-olah.txt"
+    stamp = state.olah_venv / ".airlock-requirements.sha256"
+    wanted = files_digest([requirements])
+    if stamp.exists() and stamp.read_text() == wanted:
+        return state.olah_venv
+    log("installing olah into its own venv (first run only)")
+    shutil.rmtree(state.olah_venv, ignore_errors=True)
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    run_checked([base_python, "-m", "venv", str(state.olah_venv)], what="creating the olah venv")
+    pip = str(state.olah_venv / "bin" / "pip")
+    run_checked([pip, "install", "--quiet", "-r", str(requirements)], what="pip install -r requirements-olah.txt")
+    run_checked([pip, "check"], what="pip check in the olah venv")
+    stamp.write_text(wanted)
+    return state.olah_venv
+
+
+def build_demo_hub(state: State) -> None:
+    """(Re)build the demo git+LFS repos when the builder or its data changed; the build is deterministic."""
+    inputs = [REPO / "scripts" / "demo_models.py", REPO / "scripts" / "demo_hub.py",
+              *sorted((REPO / "scripts" / "demo_data").rglob("*"))]
+    inputs = [p for p in inputs if p.is_file()]
+    stamp = state.hub_root / ".airlock-build.sha256"
+    wanted = files_digest(inputs)
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    log("building the demo models and their git+LFS repos")
+    run_checked([sys.executable, str(REPO / "scripts" / "demo_hub.py"), "build", "--root", str(state.hub_root)],
+                what="building the demo hub")
+    stamp.write_text(wanted)
+
+
+def start_hub(state: State) -> None:
+    build_demo_hub(state)
+    if running_pid(state, "hub") and hub_healthy():
+        log(f"hub already running at {HUB.url}")
+        return
+    ensure_port_free(HUB)
+    venv = ensure_olah_venv(state)
+    config = state.hub_root / "olah.toml"
+    run_checked([sys.executable, str(REPO / "scripts" / "demo_hub.py"), "olah-config", "--root", str(state.hub_root),
+                 "--host", HUB.host, "--port", str(HUB.port), "--out", str(config)], what="writing the olah config")
+    argv = [str(venv / "bin" / "olah-cli"), "-c", str(config), "--log-path", str(state.hub_root / "logs")]
+    pid = spawn(state, "hub", argv, dict(os.environ), marker="olah-cli")
+    wait_until(state, "hub", pid, hub_healthy, 90, f"GET {HUB.url}/api/models/demo/tiny-gpt2/revision/main")
+    log(f"hub (olah, offline, demo repos) up at {HUB.url}")
+
+
+def hub_healthy() -> bool:
+    return http_ok(f"{HUB.url}/api/models/demo/tiny-gpt2/revision/main")
+
+
+# --------------------------------------------------------------------------- airflow
+
+
+def airflow_admin_password() -> str:
+    return os.environ.get("AIRLOCK_AIRFLOW_ADMIN_PASSWORD", AIRFLOW_ADMIN_PASSWORD_DEFAULT)
+
+
+def airflow_env(state: State, stack_env: dict[str, str]) -> dict[str, str]:
+    """Environment for every Airflow process: the repo's dags/plugins and the stack's addresses."""
+    home = state.airflow_home
+    env = dict(os.environ)
+    env.update(stack_env)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        # standalone starts its components as `airflow ...` from PATH.
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(state.secret("airflow-passwords.json")),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{AIRFLOW.url}/execution/",
+        "AIRFLOW__API__HOST": AIRFLOW.host,
+        "AIRFLOW__API__PORT": str(AIRFLOW.port),
+        "AIRFLOW__API__BASE_URL": AIRFLOW.url,
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(state.root / "lineage" / "openlineage.jsonl"), "append": True}
+        ),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "airlock-local",
+    })
+    (state.root / "lineage").mkdir(exist_ok=True)
+    return env
+
+
+def airflow_connections(state: State) -> dict[str, dict]:
+    approle = json.loads(state.secret("vault-approle.json").read_text())
+    return {
+        "airlock_vault": {
+            "conn_type": "vault",
+            "host": VAULT.host,
+            "port": VAULT.port,
+            "schema": "http",
+            "login": approle["role_id"],
+            "password": approle["secret_id"],
+            "extra": json.dumps({"auth_type": "approle", "kv_engine_version": 2,
+                                 "transit_mount": TRANSIT_MOUNT, "signing_key": SIGNING_KEY}),
+        },
+        "airlock_s3": {
+            "conn_type": "aws",
+            "login": S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "password": S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            "extra": json.dumps({"endpoint_url": S3.url, "region_name": S3_REGION}),
+        },
+        "airlock_hub": {
+            "conn_type": "http",
+            "host": HUB.host,
+            "port": HUB.port,
+            "schema": "http",
+            "description": "Hugging Face-compatible hub (token, if any, in the password field)",
+        },
+    }
+
+
+def start_airflow(state: State, stack_env: dict[str, str]) -> None:
+    if running_pid(state, "airflow") and airflow_healthy():
+        log(f"airflow already running at {AIRFLOW.url}")
+        return
+    ensure_port_free(AIRFLOW)
+    state.airflow_home.mkdir(exist_ok=True)
+    write_secret(state.secret("airflow-passwords.json"),
+                 json.dumps({AIRFLOW_ADMIN_USER: airflow_admin_password()}))
+    env = airflow_env(state, stack_env)
+    airflow = str(VENV_BIN / "airflow")
+    log("migrating the Airflow metadata database")
+    run_checked([airflow, "db", "migrate"], env=env, what="airflow db migrate")
+    connections_file = state.secret("airflow-connections.json")
+    write_secret(connections_file, json.dumps(airflow_connections(state)))
+    try:
+        run_checked([airflow, "connections", "import", "--overwrite", str(connections_file)], env=env,
+                    what="airflow connections import")
+    finally:
+        connections_file.unlink(missing_ok=True)
+    pid = spawn(state, "airflow", [airflow, "standalone"], env, marker="airflow standalone")
+    wait_until(state, "airflow", pid, airflow_healthy, 240, f"GET {AIRFLOW.url}/api/v2/monitor/health")
+    log(f"airflow up at {AIRFLOW.url} (login {AIRFLOW_ADMIN_USER} / {airflow_admin_password()})")
+
+
+def airflow_healthy() -> bool:
+    def all_healthy(status: int, body: bytes) -> bool:
+        try:
+            health = json.loads(body)
+        except ValueError:
+            return False
+        components = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        return status == 200 and all(
+            (health.get(c) or {}).get("status") == "healthy" for c in components
+        )
+
+    return http_ok(f"{AIRFLOW.url}/api/v2/monitor/health", all_healthy)
+
+
+# --------------------------------------------------------------------------- env file
+
+
+def stack_environment(state: State) -> dict[str, str]:
+    env = {
+        "AIRLOCK_STATE_DIR": str(state.root),
+        "AIRLOCK_VAULT_ADDR": VAULT.url,
+        "AIRLOCK_VAULT_TRANSIT_MOUNT": TRANSIT_MOUNT,
+        "AIRLOCK_VAULT_KEY": SIGNING_KEY,
+        "AIRLOCK_S3_ENDPOINT": S3.url,
+        "AWS_DEFAULT_REGION": S3_REGION,
+        **S3_TEST_CREDENTIALS,
+        "AIRLOCK_HUB_ENDPOINT": HUB.url,
+        "AIRLOCK_AIRFLOW_URL": AIRFLOW.url,
+        "AIRLOCK_REGISTRY": os.environ.get("AIRLOCK_REGISTRY", str(state.root / "registry")),
+        "AIRLOCK_QUARANTINE_ROOT": os.environ.get("AIRLOCK_QUARANTINE_ROOT", str(state.root / "quarantine")),
+        "AIRFLOW_HOME": str(state.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    token_file = state.secret("vault-signer-token")
+    if token_file.exists():
+        env["AIRLOCK_VAULT_TOKEN"] = token_file.read_text().strip()
+    return env
+
+
+def write_env_file(state: State, env: dict[str, str]) -> None:
+    lines = ["# Written by `make stack-up` (scripts/stack.py). Source it: . .airlock/env"]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
+    write_secret(state.env_file, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_up(services: list[str]) -> None:
+    state = State.from_env()
+    if "vault" in services:
+        start_vault(state)
+    if "s3" in services:
+        start_s3(state)
+    if "hub" in services:
+        start_hub(state)
+    env = stack_environment(state)
+    write_env_file(state, env)
+    if "airflow" in services:
+        start_airflow(state, env)
+    log(f"environment written to {state.env_file}")
+
+
+def cmd_down() -> None:
+    state = State.from_env()
+    for name in reversed(START_ORDER):
+        if stop_process_tree(state, name):
+            log(f"stopped {name}")
+
+
+def cmd_status() -> int:
+    state = State.from_env()
+    checks = {"vault": vault_healthy, "s3": s3_healthy, "hub": hub_healthy, "airflow": airflow_healthy}
+    all_up = True
+    for name in START_ORDER:
+        pid = running_pid(state, name)
+        healthy = pid is not None and checks[name]()
+        all_up &= healthy
+        status = "healthy" if healthy else ("running, unhealthy" if pid else "stopped")
+        print(f"{name:8} {status:20} {ADDRESSES[name].url}  pid={pid or '-'}  log={state.logfile(name)}")
+    return 0 if all_up else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the stack (idempotent) and write <state>/env")
+    up.add_argument("--only", default=",".join(START_ORDER),
+                    help=f"comma-separated subset of {','.join(START_ORDER)}")
+    sub.add_parser("down", help="stop what `up` started")
+    sub.add_parser("status", help="show each service; exit 1 unless all are healthy")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            services = [s.strip() for s in args.only.split(",") if s.strip()]
+            unknown = sorted(set(services) - set(START_ORDER))
+            if unknown:
+                parser.error(f"unknown service(s): {', '.join(unknown)}")
+            cmd_up(services)
+        elif args.command == "down":
+            cmd_down()
+        else:
+            return cmd_status()
+    except StackError as exc:
+        print(f"[stack] error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
