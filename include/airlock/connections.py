@@ -47,5 +47,10 @@ def hub_access(conn_id: str = HUB_CONN_ID) -> HubAccess:
         port = f":{conn.port}" if conn.port else ""
         endpoint = f"{scheme}://{conn.host}{port}"
         return HubAccess(endpoint=endpoint, token=conn.password or None, origin=f"connection {conn_id}")
+    return hub_access_from_env()
+
+
+def hub_access_from_env() -> HubAccess:
+    """The hub from AIRLOCK_HUB_ENDPOINT and AIRLOCK_HUB_TOKEN/HF_TOKEN (the CLI's path: no Airflow import)."""
     settings = load_settings()
     return HubAccess(endpoint=settings.hub_endpoint, token=settings.hub_token)
