@@ -1,0 +1,113 @@
+"""Risk-tier policy: the one place that says how strict each tier is.
+
+The policy is data. Every stage reads its part from here (quarantine limits,
+what a drop must carry, what scanning accepts, who must approve) and reports
+include the policy they applied, so a verdict can always be explained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Literal
+
+from airlock.errors import ConfigurationError
+
+GiB = 1024**3
+
+
+class RiskTier(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+FindingAction = Literal["allow", "flag", "block"]
+
+
+@dataclass(frozen=True)
+class TierPolicy:
+    tier: RiskTier
+    # Quarantine: checked against the source listing before a byte is downloaded.
+    max_files: int
+    max_total_bytes: int
+    max_file_bytes: int
+    # S3/file drops: must the drop carry a vendor manifest (SHA256SUMS or a model_signing bundle)?
+    require_vendor_manifest: bool
+    # Scanning.
+    allow_pickle_weights: bool  # clean (allowlisted) pickle-based weights: PyTorch zip/legacy, joblib, npy
+    remote_code: FindingAction  # auto_map / custom classes / .py, .so, shell, notebooks in the repo
+    unknown_binary: FindingAction  # a file whose format Airlock cannot identify by content
+    scan_time_budget_s: float
+    scan_byte_budget: int
+    # Review: must a human approve in the Airflow UI before signing?
+    requires_approval: bool
+
+    def to_json_dict(self) -> dict:
+        return {**asdict(self), "tier": self.tier.value}
+
+
+POLICIES: dict[RiskTier, TierPolicy] = {
+    RiskTier.LOW: TierPolicy(
+        tier=RiskTier.LOW,
+        max_files=10_000,
+        max_total_bytes=1024 * GiB,
+        max_file_bytes=200 * GiB,
+        require_vendor_manifest=False,
+        allow_pickle_weights=True,
+        remote_code="flag",
+        unknown_binary="flag",
+        scan_time_budget_s=3600,
+        scan_byte_budget=1024 * GiB,
+        requires_approval=False,
+    ),
+    RiskTier.MEDIUM: TierPolicy(
+        tier=RiskTier.MEDIUM,
+        max_files=5_000,
+        max_total_bytes=512 * GiB,
+        max_file_bytes=100 * GiB,
+        require_vendor_manifest=False,
+        allow_pickle_weights=True,
+        remote_code="flag",
+        unknown_binary="flag",
+        scan_time_budget_s=3600,
+        scan_byte_budget=512 * GiB,
+        requires_approval=False,
+    ),
+    RiskTier.HIGH: TierPolicy(
+        tier=RiskTier.HIGH,
+        max_files=2_000,
+        max_total_bytes=512 * GiB,
+        max_file_bytes=100 * GiB,
+        require_vendor_manifest=True,
+        allow_pickle_weights=False,
+        remote_code="block",
+        unknown_binary="block",
+        scan_time_budget_s=3600,
+        scan_byte_budget=512 * GiB,
+        requires_approval=True,
+    ),
+    RiskTier.CRITICAL: TierPolicy(
+        tier=RiskTier.CRITICAL,
+        max_files=1_000,
+        max_total_bytes=256 * GiB,
+        max_file_bytes=100 * GiB,
+        require_vendor_manifest=True,
+        allow_pickle_weights=False,
+        remote_code="block",
+        unknown_binary="block",
+        scan_time_budget_s=3600,
+        scan_byte_budget=256 * GiB,
+        requires_approval=True,
+    ),
+}
+
+
+def policy_for(tier: str | RiskTier) -> TierPolicy:
+    """The policy of ``tier``; an unknown tier is a configuration error, never a default."""
+    try:
+        return POLICIES[RiskTier(tier)]
+    except ValueError:
+        allowed = ", ".join(t.value for t in RiskTier)
+        raise ConfigurationError(f"risk tier {tier!r} is not one of: {allowed}") from None
