@@ -85,3 +85,24 @@ def test_everything_else_is_refused(signer: hvac.Client, attempt) -> None:
 def test_cannot_sign_with_another_transit_key(signer: hvac.Client) -> None:
     with pytest.raises(hvac.exceptions.Forbidden):
         _sign(signer, hashlib.sha256(b"x").digest(), key="some-other-key")
+
+
+def test_airflow_vault_connection_logs_in_with_the_approle_and_signs(monkeypatch) -> None:
+    """The `airlock_vault` connection shape the stack provisions works through the hashicorp provider."""
+    import json
+    from pathlib import Path
+
+    from airflow.providers.hashicorp.hooks.vault import VaultHook
+
+    addr = require_env("AIRLOCK_VAULT_ADDR")
+    approle_file = Path(require_env("AIRLOCK_STATE_DIR")) / "secrets" / "vault-approle.json"
+    approle = json.loads(approle_file.read_text())
+    host, port = addr.removeprefix("http://").split(":")
+    monkeypatch.setenv("AIRFLOW_CONN_AIRLOCK_VAULT", json.dumps({
+        "conn_type": "vault", "host": host, "port": int(port), "schema": "http",
+        "login": approle["role_id"], "password": approle["secret_id"], "extra": {"auth_type": "approle"},
+    }))
+    client = VaultHook(vault_conn_id="airlock_vault").get_conn()
+    assert _sign(client, hashlib.sha256(b"via airflow").digest())
+    with pytest.raises(hvac.exceptions.Forbidden):
+        client.secrets.transit.export_key(KEY, key_type="signing-key", mount_point=MOUNT)
