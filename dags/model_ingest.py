@@ -3,25 +3,64 @@
 
 Takes one model from outside the trust boundary towards the registry.
 
-Trigger it with a **source** (`hf://org/name`, optionally `@revision`), the
-**revision** to pin (branch, tag or commit sha; empty means `main`), the
-**owner** accountable for the model, and its **risk tier**, which decides how
-strict scanning and approval are.
+Trigger it with a **source** (`hf://org/name[@revision]`, a vendor drop
+`s3://bucket/prefix[?version=sha256:...]`, or a local drop `file:///path`), the
+**revision** to pin (hf: branch, tag or commit sha, empty means `main`; drops:
+the `sha256:...` drop revision, empty means "as it is now"), the **owner**
+accountable for the model, and its **risk tier**, which decides the quarantine
+limits, whether a drop must carry a vendor manifest, scan strictness and approval.
 
-The first task pins the source to an immutable revision (the commit sha) and
-records the published file listing with its checksums; every later task uses
-that revision, never a branch name.
+1. `resolve_source` pins the source to an immutable revision (HF commit sha, S3
+   object versions + ETags, local file digests) and records the listing; every
+   later task uses that revision, never a branch name.
+2. `prepare_quarantine` (setup) checks file names, the tier's limits and free
+   space, and creates this run's quarantine directory.
+3. `download_to_quarantine` fetches the pinned files there: parallel, retried
+   with backoff, resumable, bounded in time.
+4. `verify_published_checksums` hashes every file once and compares it with the
+   hub's LFS sha256 / git blob sha1 or the drop's vendor manifest; a mismatch,
+   a missing or an unexpected file blocks the run.
+5. `hash_manifest` builds the manifest (sha256 per file, model_signing root
+   digest) from that same pass and records an event on the model's Asset.
+6. `remove_quarantine` (teardown) deletes the run's quarantine directory when
+   the run ends (kept after a failure only if AIRLOCK_QUARANTINE_KEEP_ON_FAILURE).
+
+All logic lives in the `airlock` library; tasks pass paths and digests, never bytes.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetAlias, Param, dag, task
+
+from airlock.lineage import MODEL_ALIAS
 
 RISK_TIERS = ["low", "medium", "high", "critical"]
-HF_SOURCE_PATTERN = r"^hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$"
+SOURCE_PATTERN = (
+    r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?"
+    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^?#]*)?(\?version=sha256:[0-9a-f]{64})?"
+    r"|file:///[^?#]*(\?version=sha256:[0-9a-f]{64})?)$"
+)
+
+
+@contextmanager
+def _verdicts_fail_fast():
+    """A block or a refused input fails the task without retries; a transient failure is left to retry."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airlock.errors import ConfigurationError, DownloadError, IntegrityError, ManifestError, QuarantineError
+
+    try:
+        yield
+    except DownloadError as exc:
+        if exc.retryable:
+            raise
+        raise AirflowFailException(str(exc)) from None
+    except (IntegrityError, QuarantineError, ManifestError, ConfigurationError) as exc:
+        raise AirflowFailException(str(exc)) from None
 
 
 @dag(
@@ -43,16 +82,18 @@ HF_SOURCE_PATTERN = r"^hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]
         "source": Param(
             "hf://demo/tiny-gpt2",
             type="string",
-            pattern=HF_SOURCE_PATTERN,
+            pattern=SOURCE_PATTERN,
             title="Source",
-            description="Where the model comes from, e.g. hf://org/name or hf://org/name@revision.",
+            description="hf://org/name[@revision], s3://bucket/prefix or file:///absolute/path.",
         ),
         "revision": Param(
             None,
             type=["null", "string"],
-            pattern=r"^[A-Za-z0-9._/-]{1,255}$",
+            pattern=r"^[A-Za-z0-9._/:-]{1,255}$",
             title="Revision",
-            description="Branch, tag or commit sha to pin. Empty: the @revision in the source, else main.",
+            description=(
+                "hf: branch, tag or commit sha (empty: main). Drops: sha256:... to assert the drop is unchanged."
+            ),
         ),
         "owner": Param(
             "ml-platform",
@@ -67,38 +108,161 @@ HF_SOURCE_PATTERN = r"^hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]
             type="string",
             enum=RISK_TIERS,
             title="Risk tier",
-            description="low | medium | high | critical: decides scan strictness and whether approval is required.",
+            description="low | medium | high | critical: quarantine limits, vendor-manifest rule, scanning, approval.",
         ),
     },
 )
 def model_ingest():
     @task(task_id="resolve_source")
     def resolve_source(params: dict | None = None) -> dict:
-        """Pin the source to its commit sha and record the published listing (paths, sizes, checksums)."""
+        """Pin the source to an immutable revision and record the listing (paths, sizes, checksums)."""
         import logging
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from airlock.connections import hub_access
-        from airlock.errors import SourceError
-        from airlock.sources import parse_source_uri, resolve_hf
+        from airlock.connections import hub_access, s3_access
+        from airlock.errors import SourceError, SourceUnavailable
+        from airlock.sources import parse_source_uri, resolve_ref
 
         log = logging.getLogger("airlock.model_ingest")
         assert params is not None
         try:
             ref = parse_source_uri(params["source"], params.get("revision"))
-        except SourceError as exc:  # bad input: retrying cannot help
+            hub = hub_access() if ref.scheme == "hf" else None
+            s3 = s3_access() if ref.scheme == "s3" else None
+            log.info("resolving %s@%s", ref.uri, ref.requested_revision or "current")
+            resolved = resolve_ref(ref, hub=hub, s3=s3)
+        except SourceUnavailable:
+            raise  # the hub or S3 is down or overloaded: worth a retry
+        except SourceError as exc:  # bad input, not found, changed since pinned: retrying cannot help
             raise AirflowFailException(str(exc)) from None
-        hub = hub_access()
-        log.info("resolving %s@%s via %s (%s)", ref.uri, ref.requested_revision, hub.endpoint, hub.origin)
-        resolved = resolve_hf(ref, endpoint=hub.endpoint, token=hub.token)
         log.info(
-            "pinned %s@%s to commit %s: %d files, %d bytes",
-            ref.uri, ref.requested_revision, resolved.revision, len(resolved.files), resolved.total_size,
+            "pinned %s to %s: %d files, %d bytes",
+            ref.uri, resolved.revision, len(resolved.files), resolved.total_size,
         )
         return resolved.to_json_dict()
 
-    resolve_source()
+    @task(task_id="prepare_quarantine")
+    def prepare_quarantine(resolved: dict, params: dict | None = None, run_id: str | None = None) -> dict:
+        """Check names, tier limits and free space; create this run's quarantine directory."""
+        from airlock.config import load_settings
+        from airlock.lineage import prepare_summary
+        from airlock.policy import policy_for
+        from airlock.quarantine import QuarantineArea, preflight
+        from airlock.sources import ResolvedSource
+
+        assert params is not None and run_id is not None
+        source = ResolvedSource.model_validate(resolved)
+        area = QuarantineArea.for_run(load_settings().quarantine_root, "model_ingest", run_id, source.uri)
+        with _verdicts_fail_fast():
+            checked = preflight(source, policy_for(params["risk_tier"]), area)
+            area.create()
+        return prepare_summary(source, area, checked)
+
+    @task(task_id="download_to_quarantine", execution_timeout=timedelta(hours=2))
+    def download_to_quarantine(resolved: dict, prepared: dict, params: dict | None = None) -> dict:
+        """Fetch the pinned files into quarantine (parallel, retried, resumable, bounded in time)."""
+        import logging
+
+        from airlock.config import load_settings
+        from airlock.connections import hub_access, s3_access
+        from airlock.lineage import download_summary
+        from airlock.policy import policy_for
+        from airlock.quarantine import QuarantineArea, download, preflight
+        from airlock.sources import ResolvedSource, fetcher_for
+
+        assert params is not None
+        settings = load_settings()
+        source = ResolvedSource.model_validate(resolved)
+        area = QuarantineArea.at(settings.quarantine_root, prepared["quarantine"])
+        fetcher = fetcher_for(
+            source,
+            hub=hub_access() if source.kind == "hf" else None,
+            s3=s3_access() if source.kind == "s3" else None,
+        )
+        with _verdicts_fail_fast():
+            preflight(source, policy_for(params["risk_tier"]), area)  # free space may have changed since setup
+            result = download(
+                source, area, fetcher, workers=settings.download_workers, timeout_s=settings.download_timeout_s
+            )
+        logging.getLogger("airlock.model_ingest").info(
+            "%s@%s: %d files, %d bytes in %.1fs (%d fetched, %d resumed, %d already present)",
+            source.uri, source.revision, result.files, result.bytes, result.seconds,
+            result.fetched, result.resumed, result.already_present,
+        )
+        return download_summary(source, area, result)
+
+    @task(task_id="verify_published_checksums")
+    def verify_published_checksums(resolved: dict, downloaded: dict, params: dict | None = None) -> dict:
+        """One hashing pass; compare with the hub's or the vendor's checksums. Any difference blocks."""
+        from airlock.checksums import verify_quarantine
+        from airlock.config import load_settings
+        from airlock.lineage import verification_summary
+        from airlock.policy import policy_for
+        from airlock.quarantine import QuarantineArea
+        from airlock.sources import ResolvedSource
+
+        assert params is not None
+        source = ResolvedSource.model_validate(resolved)
+        area = QuarantineArea.at(load_settings().quarantine_root, downloaded["quarantine"])
+        with _verdicts_fail_fast():
+            report = verify_quarantine(source, area, policy_for(params["risk_tier"]))
+        return verification_summary(area, report)
+
+    @task(task_id="hash_manifest", outlets=[AssetAlias(MODEL_ALIAS)])
+    def hash_manifest(resolved: dict, verified: dict, outlet_events=None) -> dict:
+        """The manifest from the verification's pass (no second read); an Asset event with revision and root digest."""
+        from airlock.config import load_settings
+        from airlock.lineage import manifest_summary, record_model_event
+        from airlock.manifest import ModelRef, manifest_from_pass, save_manifest
+        from airlock.quarantine import QuarantineArea
+        from airlock.sources import ResolvedSource
+
+        source = ResolvedSource.model_validate(resolved)
+        area = QuarantineArea.at(load_settings().quarantine_root, verified["quarantine"])
+        model = ModelRef(name=source.model_name, source=source.uri, revision=source.revision)
+        with _verdicts_fail_fast():
+            manifest = manifest_from_pass(area.files_dir, area.digests_file, model)
+        save_manifest(manifest, area.manifest_file)
+        record_model_event(outlet_events, source, manifest, stage="quarantine")
+        return manifest_summary(area, manifest)
+
+    @task(task_id="remove_quarantine")
+    def remove_quarantine(dag_run=None, ti=None) -> dict:
+        """Delete this run's quarantine directory; keep it after a failure only when configured to."""
+        import logging
+
+        from airlock.config import load_settings
+        from airlock.quarantine import remove_run, run_directory
+
+        log = logging.getLogger("airlock.model_ingest")
+        settings = load_settings()
+        run_dir = run_directory(settings.quarantine_root, "model_ingest", dag_run.run_id)
+        if settings.quarantine_keep_on_failure and _run_failed(ti, dag_run):
+            log.warning("run failed: keeping %s for forensics (AIRLOCK_QUARANTINE_KEEP_ON_FAILURE)", run_dir)
+            return {"quarantine": str(run_dir), "removed": False, "kept_for_forensics": True}
+        removed = remove_run(settings.quarantine_root, "model_ingest", dag_run.run_id)
+        log.info("removed %s", removed or f"{run_dir} (already absent)")
+        return {"quarantine": str(run_dir), "removed": removed is not None, "kept_for_forensics": False}
+
+    resolved = resolve_source()
+    prepared = prepare_quarantine(resolved)
+    downloaded = download_to_quarantine(resolved, prepared)
+    verified = verify_published_checksums(resolved, downloaded)
+    manifest = hash_manifest(resolved, verified)
+    # Later stages (scan_model, ...) go between hash_manifest and the teardown; prepare_quarantine
+    # is the setup, so the teardown runs whenever the directory was created, whatever fails after.
+    manifest >> remove_quarantine().as_teardown(setups=prepared)
+
+
+def _run_failed(ti, dag_run) -> bool:
+    """Whether any other task of this run failed; unknown counts as failed (keeping is the safe side)."""
+    try:
+        states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id])
+    except Exception:  # noqa: BLE001 - keeping evidence is the fail-closed choice here
+        return True
+    failed = {"failed", "upstream_failed"}
+    return any(state in failed for task_id, state in states.get(dag_run.run_id, {}).items() if task_id != ti.task_id)
 
 
 model_ingest()

@@ -28,6 +28,7 @@ class DemoCase:
 
 CASES = (
     DemoCase("hf://demo/tiny-gpt2", "high", "success", "a clean safetensors model"),
+    DemoCase("hf://demo/tampered-lfs", "low", "failed", "an LFS object altered after commit: checksum blocks it"),
 )
 
 
@@ -37,10 +38,12 @@ def run_case(client: AirflowClient, case: DemoCase) -> bool:
     print(f"\n▶ {case.source} (tier {case.risk_tier}): triggered {DAG_ID} run {run_id}")
     run = client.wait_for_run(DAG_ID, run_id)
     for ti in sorted(client.task_instances(DAG_ID, run_id), key=lambda t: t.get("start_date") or ""):
-        print(f"    {ti['task_id']:<24} {ti['state']}")
+        print(f"    {ti['task_id']:<28} {ti['state']}")
     if run["state"] == "success":
         resolved = client.xcom(DAG_ID, run_id, "resolve_source")
         print(f"    pinned revision: {resolved['revision']} ({len(resolved['files'])} files)")
+        manifest = client.xcom(DAG_ID, run_id, "hash_manifest")
+        print(f"    manifest root digest: {manifest['root_digest']} ({manifest['files']} files)")
     ok = run["state"] == case.expected_state
     verdict = "as expected" if ok else f"UNEXPECTED (wanted {case.expected_state})"
     print(f"  run {run['state']}: {verdict}")

@@ -16,6 +16,12 @@ Layout under ``--root DIR`` (everything is rebuilt from scratch by ``build``)::
     DIR/logs/                               pass as ``--log-path`` (olah defaults to ./logs)
     DIR/hub-index.json                      {repo_id: {"commit": sha, "path": ...}}
 
+Besides the demo models, the hub publishes ``demo/tampered-lfs``: tiny-gpt2's
+files whose committed LFS pointer names the true sha256 of ``model.safetensors``
+while the LFS object olah serves has one byte flipped (same size) -- what a
+hub whose storage was altered after the commit looks like. Airlock's
+published-checksum check must block it, naming ``model.safetensors``.
+
 How olah finds things (olah 0.5.4, ``olah/mirror/repos.py``): a repo is
 ``<mirrors-path>/<repo_type>/<org>/<name>`` opened with GitPython; revisions
 resolve with ``git rev-parse`` (so branch ``main`` must exist); a blob between
@@ -71,10 +77,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 BRANCH = "main"
+TAMPERED_LFS = "demo/tampered-lfs"
+TAMPERED_FILE = "model.safetensors"
 LFS_POINTER_VERSION = "https://git-lfs.github.com/spec/v1"
 
 # Fixed identity and time (2024-06-01T00:00:00Z) so commit shas are reproducible.
@@ -237,11 +246,14 @@ def _stage_file(repo_dir: Path, path: str, data: bytes, patterns: list[str]) -> 
     _git(repo_dir, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}")
 
 
-def publish_repo(model_dir: Path, repo_dir: Path, repo_id: str) -> str:
+def publish_repo(
+    model_dir: Path, repo_dir: Path, repo_id: str, alter: Callable[[Path], None] | None = None
+) -> str:
     """Create ``repo_dir`` as a one-commit git+LFS repo of ``model_dir`` on branch main; return the sha.
 
     Built in a sibling temp dir and swapped in, so a running olah never sees a
-    half-written repo and a re-run replaces the old one completely.
+    half-written repo and a re-run replaces the old one completely. ``alter``
+    runs on the staged repo after the commit (the tampered demo uses it).
     """
     staging = repo_dir.with_name(f".{repo_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -254,6 +266,8 @@ def publish_repo(model_dir: Path, repo_dir: Path, repo_id: str) -> str:
     commit = _git(staging, "commit-tree", tree, "-m", f"Publish {repo_id} (Airlock demo model)")
     _git(staging, "update-ref", f"refs/heads/{BRANCH}", commit)
     _git(staging, "update-index", "--refresh", "-q")  # record stat info so `git status` is clean
+    if alter is not None:
+        alter(staging)
 
     retired = repo_dir.with_name(f".{repo_dir.name}.retired")
     shutil.rmtree(retired, ignore_errors=True)
@@ -279,11 +293,52 @@ def _load_demo_models() -> ModuleType:
     return module
 
 
+TAMPERED_CARD = f"""---
+license: apache-2.0
+tags:
+- airlock-demo
+---
+
+# {TAMPERED_LFS}
+
+The files of `demo/tiny-gpt2`, published so that the LFS pointer committed for
+`{TAMPERED_FILE}` names its true sha256 while the stored LFS object has one
+byte flipped: a hub whose storage was altered after the commit. Downloads get
+the altered bytes; a client that checks the published sha256 must refuse them.
+
+Intended use: tests and demos of supply-chain controls. Not for any real task.
+"""
+
+
+def flip_lfs_byte(repo_dir: Path, path: str = TAMPERED_FILE) -> None:
+    """Flip one byte of ``path``'s stored LFS object, leaving the committed pointer (and the size) as they are."""
+    pointer = (repo_dir / path).read_text()
+    oid = pointer.split("oid sha256:", 1)[1].split()[0]
+    store = lfs_object_path(repo_dir, oid)
+    data = bytearray(store.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # tensor bytes, not the safetensors header: the file still parses
+    store.write_bytes(bytes(data))
+
+
+def build_tampered_model(tiny_gpt2_dir: Path, out_dir: Path) -> Path:
+    """tiny-gpt2's files under ``out_dir/demo/tampered-lfs`` with a model card that says what it is."""
+    target = out_dir / TAMPERED_LFS
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(tiny_gpt2_dir, target)
+    (target / "README.md").write_text(TAMPERED_CARD)
+    return target
+
+
 def build_hub(root: Path) -> dict[str, str]:
     """Build the demo models and publish each as a git repo under ``root``; return ``{repo_id: commit}``."""
     root = root.resolve()
-    built = _load_demo_models().build_all(models_dir(root))
+    demo_models = _load_demo_models()
+    built = demo_models.build_all(models_dir(root))
     commits = {repo_id: publish_repo(path, repo_git_dir(root, repo_id), repo_id) for repo_id, path in built.items()}
+    tampered = build_tampered_model(built[demo_models.TINY_GPT2], models_dir(root))
+    commits[TAMPERED_LFS] = publish_repo(
+        tampered, repo_git_dir(root, TAMPERED_LFS), TAMPERED_LFS, alter=flip_lfs_byte
+    )
     index = {repo_id: {"commit": sha, "path": str(repo_git_dir(root, repo_id))} for repo_id, sha in commits.items()}
     index_path(root).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     for sub in ("olah-cache", "logs"):

@@ -20,6 +20,8 @@ DEFAULT_HUB_ENDPOINT = "http://127.0.0.1:8090"
 DEFAULT_AIRFLOW_URL = "http://127.0.0.1:8080"
 DEFAULT_TRANSIT_MOUNT = "transit"
 DEFAULT_SIGNING_KEY = "airlock-model-signing"
+DEFAULT_DOWNLOAD_WORKERS = 8
+DEFAULT_DOWNLOAD_TIMEOUT_S = 3600.0
 
 
 class Environment(StrEnum):
@@ -41,6 +43,14 @@ class Settings:
     airflow_url: str
     registry: str
     quarantine_root: Path
+    # Keep a run's quarantine directory when the run fails, for forensics. Not a
+    # security override (nothing leaves quarantine because of it), so production may use it.
+    quarantine_keep_on_failure: bool = False
+    download_workers: int = DEFAULT_DOWNLOAD_WORKERS
+    download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S
+    # Directories file:// drops may come from. Empty: any absolute path in development,
+    # none in production (a DAG parameter must not be able to copy arbitrary worker files).
+    file_drop_roots: tuple[Path, ...] = ()
     vault_token: str | None = field(default=None, repr=False)
     hub_token: str | None = field(default=None, repr=False)
 
@@ -58,6 +68,37 @@ def _environment(raw: str | None) -> Environment:
         raise ConfigurationError(f"AIRLOCK_ENV={raw!r} is not one of: {allowed}") from None
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}={env[name]!r} is not a boolean (use true or false)")
+
+
+def _positive_number(env: dict[str, str], name: str, default: float, kind: type[int] | type[float]) -> int | float:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        what = "whole number" if kind is int else "number"
+        raise ConfigurationError(f"{name}={raw!r} is not a {what}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be greater than zero")
+    return value
+
+
+def _paths(raw: str | None) -> tuple[Path, ...]:
+    return tuple(Path(p).expanduser().resolve() for p in (raw or "").split(os.pathsep) if p.strip())
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Read settings from ``env`` (defaults to ``os.environ``)."""
     env = dict(os.environ if env is None else env)
@@ -72,7 +113,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         hub_endpoint=env.get("AIRLOCK_HUB_ENDPOINT", DEFAULT_HUB_ENDPOINT),
         airflow_url=env.get("AIRLOCK_AIRFLOW_URL", DEFAULT_AIRFLOW_URL),
         registry=env.get("AIRLOCK_REGISTRY", str(state_dir / "registry")),
-        quarantine_root=Path(env.get("AIRLOCK_QUARANTINE_ROOT", str(state_dir / "quarantine"))),
+        # Absolute and symlink-free, so containment checks compare like with like.
+        quarantine_root=Path(env.get("AIRLOCK_QUARANTINE_ROOT", str(state_dir / "quarantine"))).expanduser().resolve(),
+        quarantine_keep_on_failure=_flag(env, "AIRLOCK_QUARANTINE_KEEP_ON_FAILURE"),
+        download_workers=int(_positive_number(env, "AIRLOCK_DOWNLOAD_WORKERS", DEFAULT_DOWNLOAD_WORKERS, int)),
+        download_timeout_s=float(
+            _positive_number(env, "AIRLOCK_DOWNLOAD_TIMEOUT_S", DEFAULT_DOWNLOAD_TIMEOUT_S, float)
+        ),
+        file_drop_roots=_paths(env.get("AIRLOCK_FILE_DROP_ROOTS")),
         vault_token=env.get("AIRLOCK_VAULT_TOKEN") or None,
         hub_token=env.get("AIRLOCK_HUB_TOKEN") or env.get("HF_TOKEN") or None,
     )

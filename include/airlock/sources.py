@@ -1,45 +1,99 @@
-"""Model sources: parse a source URI and pin it to an immutable revision.
+"""Model sources: parse a source URI, pin it to an immutable revision, and fetch its bytes.
 
-Every later stage works on the :class:`ResolvedSource` this module returns,
-never on a branch name, so a repository that moves while a run is in flight
-cannot change what Airlock ingests.
+Three kinds of source:
+
+``hf://org/name[@revision]``
+    A Hugging Face (compatible) hub, through ``huggingface_hub``. Pinned to the
+    commit sha; the listing carries the hub's published LFS sha256 and git blob ids.
+``s3://bucket/prefix[?version=sha256:...]``
+    A vendor drop, through boto3. Pinned to the objects' version ids and ETags;
+    every fetch names the version and sends ``If-Match: <etag>``, so an object
+    overwritten mid-run is refused by S3 itself.
+``file:///abs/path[?version=sha256:...]``
+    A local drop. Pinned by hashing every file at resolution; the copy in
+    quarantine must then hash the same.
+
+A drop's revision is ``sha256:<hex>`` over its canonical listing (paths, sizes,
+version ids, ETags or digests). Passing it back (``?version=`` or the DAG's
+``revision`` parameter) asserts the drop is still exactly that, the way an HF
+commit sha does. Every later stage works on the :class:`ResolvedSource` this
+module returns, never on a branch name or a "latest" listing, so a source that
+moves while a run is in flight cannot change what Airlock ingests.
+
+Vendor manifests (``SHA256SUMS``, ``model.sig``) at the root of a drop are
+listed apart from the model files: they describe the drop, they are not part of
+the model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
-from dataclasses import dataclass
-from typing import Literal
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Literal, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from airlock.errors import SourceError
+from airlock.errors import ManifestError, SourceError, SourceUnavailable
+
+if TYPE_CHECKING:
+    from airlock.config import Settings
+    from airlock.connections import HubAccess, S3Access
 
 RESOLVED_SOURCE_SCHEMA = "airlock.resolved-source/v1"
+
+SourceKind = Literal["hf", "s3", "file"]
+SUPPORTED_SCHEMES: tuple[SourceKind, ...] = ("hf", "s3", "file")
+
+# Root-level files of a drop that vouch for the rest of it.
+SHA256SUMS = "SHA256SUMS"
+MODEL_SIG = "model.sig"
+VENDOR_MANIFEST_NAMES = (SHA256SUMS, MODEL_SIG)
 
 _HF_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 # Branches, tags and commit shas; no "..", no leading "-" (never an option), no whitespace.
 _REVISION = re.compile(r"^(?!.*\.\.)(?!-)[A-Za-z0-9._/-]{1,255}$")
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+_DROP_REVISION = re.compile(r"^sha256:[0-9a-f]{64}$")
+# S3 bucket naming rules (lower case, digits, dots, hyphens; 3-63 characters).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+READ_CHUNK = 1 << 20
 
-SUPPORTED_SCHEMES = ("hf",)
+
+# --------------------------------------------------------------------------- parsing
 
 
 @dataclass(frozen=True)
 class SourceRef:
-    """A parsed source URI, before resolution."""
+    """A parsed source URI, before resolution.
 
-    scheme: Literal["hf"]
-    repo_id: str
-    requested_revision: str
+    ``location`` is ``org/name`` (hf), ``bucket/prefix/`` (s3, prefix empty or
+    ending in ``/``) or an absolute directory path (file).
+    """
+
+    scheme: SourceKind
+    location: str
+    requested_revision: str | None
+
+    @property
+    def repo_id(self) -> str:
+        return self.location
 
     @property
     def uri(self) -> str:
-        return f"{self.scheme}://{self.repo_id}"
+        if self.scheme == "file":
+            return Path(self.location).as_uri()
+        return f"{self.scheme}://{self.location}"
 
 
 def parse_source_uri(uri: str, revision: str | None = None) -> SourceRef:
-    """Parse ``hf://org/name[@revision]``; ``revision`` overrides the ``@`` suffix only if they agree.
+    """Parse a source URI; ``revision`` may restate the URI's ``@rev``/``?version=`` but never contradict it.
 
     Raises :class:`SourceError` naming the rule the URI breaks.
     """
@@ -50,6 +104,20 @@ def parse_source_uri(uri: str, revision: str | None = None) -> SourceRef:
         raise SourceError(
             f"source {uri!r}: unsupported scheme {scheme!r} (supported: {', '.join(SUPPORTED_SCHEMES)})"
         )
+    if _CONTROL.search(uri):
+        raise SourceError(f"source {uri!r}: contains control characters")
+    if scheme == "hf":
+        return _parse_hf(uri, rest, revision)
+    location, uri_version = _split_version(uri)
+    chosen = _agree(uri, uri_version, revision)
+    if chosen is not None and not _DROP_REVISION.fullmatch(chosen):
+        raise SourceError(f"source {uri!r}: a drop's revision is sha256:<64 hex> (got {chosen!r})")
+    if scheme == "s3":
+        return SourceRef(scheme="s3", location=_s3_location(uri, location), requested_revision=chosen)
+    return SourceRef(scheme="file", location=_file_location(uri, location), requested_revision=chosen)
+
+
+def _parse_hf(uri: str, rest: str, revision: str | None) -> SourceRef:
     repo_id, at, uri_revision = rest.partition("@")
     if not _HF_REPO_ID.fullmatch(repo_id):
         raise SourceError(f"source {uri!r}: {repo_id!r} is not a Hugging Face repo id of the form org/name")
@@ -60,40 +128,149 @@ def parse_source_uri(uri: str, revision: str | None = None) -> SourceRef:
     chosen = revision or (uri_revision if at else "") or "main"
     if not _REVISION.fullmatch(chosen):
         raise SourceError(f"source {uri!r}: revision {chosen!r} is not a valid branch, tag or commit sha")
-    return SourceRef(scheme="hf", repo_id=repo_id, requested_revision=chosen)
+    return SourceRef(scheme="hf", location=repo_id, requested_revision=chosen)
+
+
+def _split_version(uri: str) -> tuple[str, str | None]:
+    """(everything before ``?``, the ``version`` query value); any other query or a fragment is refused."""
+    parts = urlsplit(uri)
+    if parts.fragment:
+        raise SourceError(f"source {uri!r}: fragments (#...) are not allowed")
+    location = uri.split("://", 1)[1].split("?", 1)[0]
+    if not parts.query:
+        return location, None
+    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=True)
+    if set(query) != {"version"} or len(query["version"]) != 1:
+        raise SourceError(f"source {uri!r}: the only query parameter allowed is one ?version=")
+    return location, query["version"][0]
+
+
+def _agree(uri: str, in_uri: str | None, given: str | None) -> str | None:
+    if in_uri and given and in_uri != given:
+        raise SourceError(f"source {uri!r}: version {in_uri!r} in the URI conflicts with revision {given!r}")
+    return given or in_uri or None
+
+
+def _s3_location(uri: str, location: str) -> str:
+    bucket, _, prefix = location.partition("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise SourceError(f"source {uri!r}: {bucket!r} is not a valid S3 bucket name")
+    if prefix and ("\\" in prefix or any(part in ("", ".", "..") for part in prefix.rstrip("/").split("/"))):
+        raise SourceError(f"source {uri!r}: prefix {prefix!r} has empty, '.' or '..' segments or backslashes")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"  # a drop is a "directory": never match sibling keys that merely share a prefix
+    return f"{bucket}/{prefix}"
+
+
+def _file_location(uri: str, location: str) -> str:
+    host, slash, path = location.partition("/")
+    if host not in ("", "localhost") or not slash:
+        raise SourceError(f"source {uri!r}: expected file:///absolute/path (no host)")
+    path = unquote("/" + path)  # Path.as_uri() percent-encodes; undo it
+    if _CONTROL.search(path) or "\\" in path:
+        raise SourceError(f"source {uri!r}: path contains control characters or backslashes")
+    trimmed = path.rstrip("/") or "/"
+    if any(part in (".", "..") for part in trimmed.split("/")) or "//" in trimmed:
+        raise SourceError(f"source {uri!r}: path {path!r} is not normalized ('.', '..' or empty segments)")
+    return trimmed
+
+
+# --------------------------------------------------------------------------- resolved form
 
 
 class PublishedFile(BaseModel):
-    """A file as the source publishes it, with the checksums the source vouches for."""
+    """A file as the source publishes it, with whatever the source vouches for."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: str
     size: int = Field(ge=0)
-    git_sha1: str = Field(description="git blob id of the file as stored in the repo (the LFS pointer for LFS files)")
-    lfs_sha256: str | None = Field(default=None, description="sha256 of the content, published for LFS files")
+    git_sha1: str | None = Field(
+        default=None, description="hf: git blob id as stored in the repo (the LFS pointer for LFS files)"
+    )
+    lfs_sha256: str | None = Field(default=None, description="hf: sha256 of the content, published for LFS files")
+    sha256: str | None = Field(default=None, description="file: sha256 of the content when the drop was pinned")
+    version_id: str | None = Field(default=None, description="s3: object version id ('null' when unversioned)")
+    etag: str | None = Field(default=None, description="s3: ETag, sent as If-Match on every fetch")
 
 
 class ResolvedSource(BaseModel):
-    """A source pinned to an immutable revision, with its published file listing."""
+    """A source pinned to an immutable revision, with its file listing."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     schema_: str = Field(default=RESOLVED_SOURCE_SCHEMA, alias="schema")
     uri: str
-    kind: Literal["hf"]
-    repo_id: str
-    requested_revision: str
-    revision: str = Field(description="the immutable revision every later stage uses (HF commit sha)")
-    endpoint: str
+    kind: SourceKind
+    location: str
+    requested_revision: str | None
+    revision: str = Field(description="the immutable revision every later stage uses (commit sha or drop digest)")
+    endpoint: str | None = None
     files: tuple[PublishedFile, ...]
+    vendor_manifests: tuple[PublishedFile, ...] = ()
 
     @property
     def total_size(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size for f in self.files) + sum(f.size for f in self.vendor_manifests)
+
+    @property
+    def model_name(self) -> str:
+        """``org/name`` for a hub repo, ``bucket/prefix`` for S3, the directory name for a local drop."""
+        if self.kind == "file":
+            return PurePosixPath(self.location).name or "root"
+        return self.location.rstrip("/")
+
+    @property
+    def bucket(self) -> str:
+        return self.location.split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        return self.location.split("/", 1)[1] if "/" in self.location else ""
 
     def to_json_dict(self) -> dict:
         return self.model_dump(mode="json", by_alias=True)
+
+
+def drop_revision(files: tuple[PublishedFile, ...], vendor_manifests: tuple[PublishedFile, ...]) -> str:
+    """``sha256:<hex>`` over the canonical JSON of a drop's listing: the drop's immutable revision."""
+    listing = sorted((*files, *vendor_manifests), key=lambda f: f.path)
+    canonical = json.dumps(
+        [f.model_dump(mode="json", exclude_none=True) for f in listing], sort_keys=True, separators=(",", ":")
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _split_vendor(
+    files: list[PublishedFile],
+) -> tuple[tuple[PublishedFile, ...], tuple[PublishedFile, ...]]:
+    model = tuple(sorted((f for f in files if f.path not in VENDOR_MANIFEST_NAMES), key=lambda f: f.path))
+    vendor = tuple(sorted((f for f in files if f.path in VENDOR_MANIFEST_NAMES), key=lambda f: f.path))
+    return model, vendor
+
+
+def _pin_drop(ref: SourceRef, files: list[PublishedFile], endpoint: str | None) -> ResolvedSource:
+    model, vendor = _split_vendor(files)
+    if not model:
+        raise SourceError(f"{ref.uri}: the drop holds no model files")
+    revision = drop_revision(model, vendor)
+    if ref.requested_revision and ref.requested_revision != revision:
+        raise SourceError(
+            f"{ref.uri}: the drop changed since it was pinned (expected {ref.requested_revision}, found {revision})"
+        )
+    return ResolvedSource(
+        uri=ref.uri,
+        kind=ref.scheme,
+        location=ref.location,
+        requested_revision=ref.requested_revision,
+        revision=revision,
+        endpoint=endpoint,
+        files=model,
+        vendor_manifests=vendor,
+    )
+
+
+# --------------------------------------------------------------------------- hf
 
 
 def resolve_hf(ref: SourceRef, endpoint: str, token: str | None = None) -> ResolvedSource:
@@ -103,6 +280,8 @@ def resolve_hf(ref: SourceRef, endpoint: str, token: str | None = None) -> Resol
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.hf_api import RepoFile
 
+    assert ref.requested_revision is not None
+    # token=False, not None: never fall back to a token from the user's HF config files.
     api = HfApi(endpoint=endpoint, token=token or False)
     where = f"{ref.uri}@{ref.requested_revision} on {endpoint}"
     try:
@@ -124,16 +303,17 @@ def resolve_hf(ref: SourceRef, endpoint: str, token: str | None = None) -> Resol
     except RevisionNotFoundError:
         raise SourceError(f"{where}: revision not found") from None
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "no response"
-        raise SourceError(f"{where}: hub error (HTTP {status})") from None
+        status = exc.response.status_code if exc.response is not None else None
+        error = SourceUnavailable if status is None or status >= 500 or status in (408, 429) else SourceError
+        raise error(f"{where}: hub error (HTTP {status or 'no response'})") from None
     except (httpx2.TransportError, OSError) as exc:
-        raise SourceError(f"{where}: hub unreachable ({type(exc).__name__})") from None
+        raise SourceUnavailable(f"{where}: hub unreachable ({type(exc).__name__})") from None
     if not files:
         raise SourceError(f"{where}: the revision lists no files")
     return ResolvedSource(
         uri=ref.uri,
         kind="hf",
-        repo_id=ref.repo_id,
+        location=ref.repo_id,
         requested_revision=ref.requested_revision,
         revision=commit,
         endpoint=endpoint,
@@ -150,7 +330,292 @@ def _published_file(entry) -> PublishedFile:  # entry: huggingface_hub.hf_api.Re
     )
 
 
-def resolve(uri: str, revision: str | None, *, endpoint: str, token: str | None = None) -> ResolvedSource:
-    """Parse ``uri`` and pin it; the one entry point the DAG and the CLI use."""
+# --------------------------------------------------------------------------- s3
+
+
+def resolve_s3(ref: SourceRef, access: S3Access) -> ResolvedSource:
+    """Pin an S3 drop to the current object versions and ETags under its prefix."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = ref.location.partition("/")
+    where = f"{ref.uri} on {access.endpoint or 'AWS'}"
+    try:
+        objects = _list_s3_objects(access.client(), bucket, prefix)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        error = SourceUnavailable if status >= 500 or status in (408, 429) else SourceError
+        raise error(f"{where}: cannot list the drop ({code})") from None
+    except BotoCoreError as exc:
+        raise SourceUnavailable(f"{where}: S3 unreachable ({type(exc).__name__})") from None
+    files = []
+    for obj in objects:
+        key = obj["Key"]
+        relative = key[len(prefix) :]
+        if key.endswith("/"):
+            if obj["Size"] == 0:
+                continue  # a console-made "folder" marker, not a file
+            raise SourceError(f"{where}: object {key!r} ends in '/' but has content; refusing the drop")
+        files.append(
+            PublishedFile(path=relative, size=obj["Size"], version_id=obj.get("VersionId"), etag=obj["ETag"])
+        )
+    return _pin_drop(ref, files, access.endpoint)
+
+
+def _list_s3_objects(client, bucket: str, prefix: str) -> list[dict]:
+    """Current objects under ``prefix`` with their version ids; unversioned listing if versions are denied."""
+    from botocore.exceptions import ClientError
+
+    try:
+        current = []
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+            # Delete markers that are latest hide their key: such keys have no IsLatest version here.
+            current.extend(v for v in page.get("Versions", []) if v.get("IsLatest"))
+        return current
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("AccessDenied", "NotImplemented", "MethodNotAllowed"):
+            raise
+    # Without s3:ListBucketVersions the ETag (sent as If-Match) still pins each object's bytes.
+    objects = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects.extend(page.get("Contents", []))
+    return objects
+
+
+# --------------------------------------------------------------------------- file
+
+
+def resolve_file(ref: SourceRef, settings: Settings) -> ResolvedSource:
+    """Pin a local drop by hashing every file; symlinks and special files are refused, naming them."""
+    from airlock.manifest import hash_files, walk_files
+
+    root = Path(ref.location)
+    _check_file_drop_allowed(ref, root, settings)
+    try:
+        listed = walk_files(root)
+        digests = hash_files(root, listed)
+    except ManifestError as exc:
+        raise SourceError(f"{ref.uri}: {exc}") from None
+    files = [PublishedFile(path=d.path, size=d.size, sha256=d.sha256) for d in digests]
+    return _pin_drop(ref, files, None)
+
+
+def _check_file_drop_allowed(ref: SourceRef, root: Path, settings: Settings) -> None:
+    try:
+        info = os.lstat(root)
+    except OSError as exc:
+        raise SourceError(f"{ref.uri}: cannot read the drop ({exc.strerror})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise SourceError(f"{ref.uri}: the drop directory is a symlink; refused")
+    if not stat.S_ISDIR(info.st_mode):
+        raise SourceError(f"{ref.uri}: not a directory")
+    real = Path(os.path.realpath(root))
+    quarantine = Path(os.path.realpath(settings.quarantine_root))
+    if real == quarantine or real.is_relative_to(quarantine) or quarantine.is_relative_to(real):
+        raise SourceError(f"{ref.uri}: a drop may not overlap the quarantine root {quarantine}")
+    if settings.file_drop_roots:
+        if not any(real.is_relative_to(allowed) for allowed in settings.file_drop_roots):
+            allowed = ", ".join(str(p) for p in settings.file_drop_roots)
+            raise SourceError(f"{ref.uri}: outside AIRLOCK_FILE_DROP_ROOTS ({allowed})")
+    elif settings.is_production:
+        raise SourceError(f"{ref.uri}: file:// drops are disabled in production until AIRLOCK_FILE_DROP_ROOTS is set")
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def resolve_ref(
+    ref: SourceRef,
+    *,
+    hub: HubAccess | None = None,
+    s3: S3Access | None = None,
+    settings: Settings | None = None,
+) -> ResolvedSource:
+    """Pin a parsed source; collaborators default to the environment (the CLI's path)."""
+    from airlock.config import load_settings
+    from airlock.connections import hub_access_from_env, s3_access_from_env
+
+    if ref.scheme == "hf":
+        hub = hub or hub_access_from_env()
+        return resolve_hf(ref, endpoint=hub.endpoint, token=hub.token)
+    if ref.scheme == "s3":
+        return resolve_s3(ref, s3 or s3_access_from_env())
+    return resolve_file(ref, settings or load_settings())
+
+
+def resolve(
+    uri: str,
+    revision: str | None = None,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    s3: S3Access | None = None,
+) -> ResolvedSource:
+    """Parse ``uri`` and pin it; ``endpoint``/``token`` override the hub from the environment."""
+    from airlock.connections import HubAccess
+
     ref = parse_source_uri(uri, revision)
-    return resolve_hf(ref, endpoint=endpoint, token=token)
+    hub = HubAccess(endpoint=endpoint, token=token, origin="argument") if endpoint else None
+    return resolve_ref(ref, hub=hub, s3=s3)
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+class Sink(Protocol):
+    """Where fetched bytes go: quarantine's bounded writer (it enforces size and deadline)."""
+
+    def write(self, data: bytes | memoryview) -> int: ...
+    def tell(self) -> int: ...
+    def seek(self, offset: int, whence: int = 0) -> int: ...
+    def truncate(self, size: int | None = None) -> int: ...
+
+
+class Fetcher(Protocol):
+    """Streams one listed file, from ``offset`` on, into a sink; knows which of its errors are worth a retry."""
+
+    def fetch(self, file: PublishedFile, sink: Sink, offset: int) -> None: ...
+    def is_transient(self, error: BaseException) -> bool: ...
+
+
+def _silent_tqdm():
+    from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
+
+    class Silent(hf_tqdm):  # task logs get Airlock's summary lines, not progress bars
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Silent
+
+
+@dataclass(frozen=True)
+class HfFetcher:
+    """GET ``/<repo>/resolve/<commit>/<path>`` with huggingface_hub's streaming ``http_get``.
+
+    ``hf_hub_download`` is not used: it names files after server-sent ETags and
+    may copy from a shared cache outside quarantine. ``http_get`` keeps the hub's
+    redirects, resumable retries and size check while Airlock owns the path.
+    """
+
+    endpoint: str
+    repo_id: str
+    revision: str
+    token: str | None = field(default=None, repr=False)
+
+    def fetch(self, file: PublishedFile, sink: Sink, offset: int) -> None:
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        from airlock import __version__
+
+        if offset >= file.size:
+            return
+        url = hf_hub_url(self.repo_id, file.path, revision=self.revision, endpoint=self.endpoint)
+        headers = build_hf_headers(token=self.token or False, library_name="airlock", library_version=__version__)
+        http_get(
+            url,
+            sink,  # type: ignore[arg-type]  # a file-like object: write/tell/seek/truncate
+            resume_size=offset,
+            headers=headers,
+            expected_size=file.size,
+            displayed_filename=file.path,
+            tqdm_class=_silent_tqdm(),
+        )
+
+    def is_transient(self, error: BaseException) -> bool:
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if isinstance(error, HfHubHTTPError):
+            status = error.response.status_code if error.response is not None else None
+            return status is None or status >= 500 or status in (408, 429)
+        # OSError covers http_get's "Consistency check failed" (short body): resume and retry.
+        return isinstance(error, (httpx2.TransportError, OSError))
+
+
+@dataclass(frozen=True)
+class S3Fetcher:
+    """GetObject with the pinned VersionId and ``If-Match`` ETag; ranged from ``offset`` to resume."""
+
+    client: object
+    bucket: str
+    prefix: str
+
+    def fetch(self, file: PublishedFile, sink: Sink, offset: int) -> None:
+        from botocore.exceptions import ClientError
+
+        if offset >= file.size:
+            return
+        request = {"Bucket": self.bucket, "Key": f"{self.prefix}{file.path}"}
+        if file.version_id and file.version_id != "null":
+            request["VersionId"] = file.version_id
+        if file.etag:
+            request["IfMatch"] = file.etag
+        if offset:
+            request["Range"] = f"bytes={offset}-"
+        try:
+            response = self.client.get_object(**request)  # type: ignore[attr-defined]
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (404, 412):
+                raise SourceError(
+                    f"s3://{self.bucket}/{request['Key']}: changed or removed since the drop was pinned (HTTP {status})"
+                ) from None
+            raise
+        body = response["Body"]
+        try:
+            for chunk in body.iter_chunks(READ_CHUNK):
+                sink.write(chunk)
+        finally:
+            body.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        if isinstance(error, ClientError):
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return status >= 500 or status in (408, 429)
+        return isinstance(error, (BotoCoreError, Urllib3Error, ConnectionError, TimeoutError))
+
+
+@dataclass(frozen=True)
+class FileFetcher:
+    """Copies from a local drop, refusing a file that is no longer the regular file of the pinned size."""
+
+    root: Path
+
+    def fetch(self, file: PublishedFile, sink: Sink, offset: int) -> None:
+        source = self.root / file.path
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SourceError(f"{source}: cannot open ({exc.strerror}); changed since the drop was pinned?") from None
+        with open(fd, "rb", buffering=0, closefd=True) as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != file.size:
+                raise SourceError(f"{source}: no longer a regular file of {file.size} bytes; the drop changed")
+            handle.seek(offset)
+            while chunk := handle.read(READ_CHUNK):
+                sink.write(chunk)
+
+    def is_transient(self, error: BaseException) -> bool:
+        return False  # a local read that fails once will fail again
+
+
+def fetcher_for(resolved: ResolvedSource, *, hub: HubAccess | None = None, s3: S3Access | None = None) -> Fetcher:
+    """The fetcher for a resolved source; hub/S3 access default to the environment."""
+    from airlock.connections import hub_access_from_env, s3_access_from_env
+
+    if resolved.kind == "hf":
+        hub = hub or hub_access_from_env()
+        assert resolved.endpoint is not None
+        return HfFetcher(
+            endpoint=resolved.endpoint, repo_id=resolved.location, revision=resolved.revision, token=hub.token
+        )
+    if resolved.kind == "s3":
+        access = s3 or s3_access_from_env()
+        return S3Fetcher(client=access.client(), bucket=resolved.bucket, prefix=resolved.prefix)
+    return FileFetcher(root=Path(resolved.location))

@@ -1,4 +1,8 @@
-"""`model_ingest` against the real demo hub: dag.test() in-process, and a real run through the API."""
+"""`model_ingest` against the real demo hub: dag.test() in-process, and a real run through the API.
+
+dag.test() runs every task in this process, so the quarantine root is pointed
+at a temporary directory per test with the environment.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,40 @@ def hub_commit() -> str:
     return api.model_info("demo/tiny-gpt2", revision="main").sha
 
 
+@pytest.fixture(autouse=True)
+def quarantine_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "quarantine"
+    monkeypatch.setenv("AIRLOCK_QUARANTINE_ROOT", str(root))
+    monkeypatch.delenv("AIRLOCK_QUARANTINE_KEEP_ON_FAILURE", raising=False)
+    return root
+
+
+def _states(dag_run) -> dict[str, str]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(TaskInstance).where(TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)
+        )
+        return {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in rows}
+
+
+def _asset_events(dag_run) -> list[tuple[str, dict]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(AssetModel.uri, AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetEvent.source_dag_id == dag_run.dag_id, AssetEvent.source_run_id == dag_run.run_id)
+        )
+        return [(uri, extra) for uri, extra in rows]
+
+
 def _xcom(dag_run, task_id: str):
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -49,6 +87,76 @@ def test_dag_test_pins_the_demo_model_to_its_commit(model_ingest, hub_commit: st
     files = {f["path"]: f for f in resolved["files"]}
     assert files["model.safetensors"]["lfs_sha256"] and len(files["model.safetensors"]["lfs_sha256"]) == 64
     assert files["config.json"]["lfs_sha256"] is None and len(files["config.json"]["git_sha1"]) == 40
+
+
+def test_dag_test_reaches_hash_manifest_and_tears_quarantine_down(
+    model_ingest, hub_commit: str, quarantine_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keep-on-failure must not keep a successful run's files (the teardown reads the run's task states).
+    monkeypatch.setenv("AIRLOCK_QUARANTINE_KEEP_ON_FAILURE", "true")
+    dag_run = model_ingest.test(
+        run_conf={"source": "hf://demo/tiny-gpt2", "revision": None, "owner": "tests", "risk_tier": "high"}
+    )
+    assert dag_run.state == "success"
+    assert _states(dag_run) == dict.fromkeys(
+        ["resolve_source", "prepare_quarantine", "download_to_quarantine", "verify_published_checksums",
+         "hash_manifest", "remove_quarantine"],
+        "success",
+    )
+    downloaded = _xcom(dag_run, "download_to_quarantine")
+    assert downloaded["files"] == 7 and downloaded["model"]["revision"] == hub_commit
+    verified = _xcom(dag_run, "verify_published_checksums")
+    assert (verified["verdict"], verified["verified"], verified["checked_against"]) == ("allow", 7, ["hub"])
+    manifest = _xcom(dag_run, "hash_manifest")
+    assert manifest["model"] == {"name": "demo/tiny-gpt2", "source": "hf://demo/tiny-gpt2", "revision": hub_commit}
+    assert manifest["files"] == 6  # .gitattributes is verified but, like model_signing, left out
+    built = Path(require_env("AIRLOCK_STATE_DIR")) / "hub" / "models" / "demo" / "tiny-gpt2"
+    assert manifest["root_digest"] == _model_signing_root_digest(built)
+    assert Path(manifest["files_dir"]).is_relative_to(quarantine_root)
+    assert _asset_events(dag_run) == [
+        (
+            "airlock://models/hf/demo/tiny-gpt2",
+            {"stage": "quarantine", "source": "hf://demo/tiny-gpt2", "revision": hub_commit,
+             "root_digest": manifest["root_digest"], "files": 6, "total_bytes": manifest["total_bytes"]},
+        )
+    ]
+    teardown = _xcom(dag_run, "remove_quarantine")
+    assert teardown["removed"] is True
+    assert not Path(manifest["quarantine"]).exists()
+
+
+def test_a_tampered_hub_repo_fails_the_run_naming_the_file_and_still_tears_down(
+    model_ingest, quarantine_root: Path
+) -> None:
+    dag_run = model_ingest.test(
+        run_conf={"source": "hf://demo/tampered-lfs", "revision": None, "owner": "tests", "risk_tier": "low"}
+    )
+    assert dag_run.state == "failed"
+    states = _states(dag_run)
+    assert states["verify_published_checksums"] == "failed"
+    assert states["hash_manifest"] == "upstream_failed"
+    assert states["remove_quarantine"] == "success"
+    assert _asset_events(dag_run) == []
+    assert not any(p.is_file() for p in quarantine_root.rglob("*"))
+
+
+def test_keep_on_failure_leaves_the_evidence(model_ingest, quarantine_root: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AIRLOCK_QUARANTINE_KEEP_ON_FAILURE", "true")
+    dag_run = model_ingest.test(
+        run_conf={"source": "hf://demo/tampered-lfs", "revision": None, "owner": "tests", "risk_tier": "low"}
+    )
+    assert dag_run.state == "failed"
+    assert _xcom(dag_run, "remove_quarantine")["kept_for_forensics"] is True
+    (report,) = quarantine_root.rglob("published-checksums.json")
+    assert '"path": "model.safetensors"' in report.read_text()
+    assert (report.parent / "files" / "model.safetensors").exists()
+
+
+def _model_signing_root_digest(path: Path) -> str:
+    from model_signing import hashing
+    from model_signing._signing.signing import Payload
+
+    return Payload(hashing.Config().use_file_serialization().hash(path)).statement.pb.subject[0].digest["sha256"]
 
 
 def test_dag_test_fails_for_a_missing_repository(model_ingest) -> None:
@@ -76,3 +184,34 @@ def test_a_real_run_through_the_airflow_api() -> None:
     assert run["state"] == "success", client.task_instances("model_ingest", run_id)
     resolved = client.xcom("model_ingest", run_id, "resolve_source")
     assert len(resolved["revision"]) == 40
+
+
+def test_dag_test_ingests_an_s3_vendor_drop(model_ingest) -> None:
+    """The S3 path through the DAG: credentials from the environment (no airlock_s3 connection in tests)."""
+    import hashlib
+    import uuid
+
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=require_env("AIRLOCK_S3_ENDPOINT"), region_name="us-east-1")
+    bucket = f"airlock-dag-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    files = {"config.json": b"{}", "model.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "}
+    sums = "".join(f"{hashlib.sha256(d).hexdigest()}  {p}\n" for p, d in sorted(files.items()))
+    for path, data in {**files, "SHA256SUMS": sums.encode()}.items():
+        client.put_object(Bucket=bucket, Key=f"acme/model-z/{path}", Body=data)
+    try:
+        dag_run = model_ingest.test(
+            run_conf={
+                "source": f"s3://{bucket}/acme/model-z", "revision": None, "owner": "tests", "risk_tier": "critical"
+            }
+        )
+        assert dag_run.state == "success", _states(dag_run)
+        assert _xcom(dag_run, "verify_published_checksums")["checked_against"] == ["SHA256SUMS"]
+        manifest = _xcom(dag_run, "hash_manifest")
+        assert manifest["model"]["name"] == f"{bucket}/acme/model-z" and manifest["files"] == 2
+        assert _asset_events(dag_run)[0][0] == f"airlock://models/s3/{bucket}/acme/model-z"
+    finally:
+        for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+        client.delete_bucket(Bucket=bucket)
