@@ -41,6 +41,17 @@ class TierPolicy:
     unknown_binary: FindingAction  # a file whose format Airlock cannot identify by content
     scan_time_budget_s: float
     scan_byte_budget: int
+    # Model formats (by content) accepted besides pickle-based ones, which `allow_pickle_weights` governs.
+    allowed_model_formats: tuple[str, ...]
+    # Torch-loadable container oddities (zip name mismatch, flipped flags, bad CRC, a name that lies
+    # about the content): never produced by real writers, used by scanner-bypass tricks.
+    container_anomaly: FindingAction
+    # Archives (zip, tar, gzip, ...): nesting depth, members and bytes expanded per top-level file.
+    max_archive_depth: int
+    max_archive_members: int
+    max_archive_expanded_bytes: int
+    # Bytes after the last tensor of a safetensors file (the safetensors library itself accepts none).
+    safetensors_max_trailing_bytes: int
     # Review: must a human approve in the Airflow UI before signing?
     requires_approval: bool
 
@@ -60,6 +71,12 @@ POLICIES: dict[RiskTier, TierPolicy] = {
         unknown_binary="flag",
         scan_time_budget_s=3600,
         scan_byte_budget=1024 * GiB,
+        allowed_model_formats=("safetensors", "gguf", "onnx", "numpy", "numpy_npz", "keras", "tf_savedmodel"),
+        container_anomaly="block",
+        max_archive_depth=4,
+        max_archive_members=100_000,
+        max_archive_expanded_bytes=256 * GiB,
+        safetensors_max_trailing_bytes=0,
         requires_approval=False,
     ),
     RiskTier.MEDIUM: TierPolicy(
@@ -73,6 +90,12 @@ POLICIES: dict[RiskTier, TierPolicy] = {
         unknown_binary="flag",
         scan_time_budget_s=3600,
         scan_byte_budget=512 * GiB,
+        allowed_model_formats=("safetensors", "gguf", "onnx", "numpy", "numpy_npz", "keras", "tf_savedmodel"),
+        container_anomaly="block",
+        max_archive_depth=4,
+        max_archive_members=50_000,
+        max_archive_expanded_bytes=128 * GiB,
+        safetensors_max_trailing_bytes=0,
         requires_approval=False,
     ),
     RiskTier.HIGH: TierPolicy(
@@ -86,6 +109,12 @@ POLICIES: dict[RiskTier, TierPolicy] = {
         unknown_binary="block",
         scan_time_budget_s=3600,
         scan_byte_budget=512 * GiB,
+        allowed_model_formats=("safetensors", "gguf", "onnx"),
+        container_anomaly="block",
+        max_archive_depth=3,
+        max_archive_members=20_000,
+        max_archive_expanded_bytes=128 * GiB,
+        safetensors_max_trailing_bytes=0,
         requires_approval=True,
     ),
     RiskTier.CRITICAL: TierPolicy(
@@ -99,6 +128,12 @@ POLICIES: dict[RiskTier, TierPolicy] = {
         unknown_binary="block",
         scan_time_budget_s=3600,
         scan_byte_budget=256 * GiB,
+        allowed_model_formats=("safetensors", "gguf", "onnx"),
+        container_anomaly="block",
+        max_archive_depth=3,
+        max_archive_members=10_000,
+        max_archive_expanded_bytes=64 * GiB,
+        safetensors_max_trailing_bytes=0,
         requires_approval=True,
     ),
 }
