@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 SIGNER_POLICY_FILE = REPO / "include" / "vault" / "airlock-signer.hcl"
 SIGNER_POLICY = "airlock-signer"
+KEY_ADMIN_POLICY_FILE = REPO / "include" / "vault" / "airlock-key-admin.hcl"
+KEY_ADMIN_POLICY = "airlock-key-admin"
 PIPELINE_APPROLE = "airlock-pipeline"
 TRANSIT_MOUNT = "transit"
 SIGNING_KEY = "airlock-model-signing"
@@ -316,6 +318,13 @@ def provision_vault(state: State, root_token: str) -> None:
             mount_point=TRANSIT_MOUNT,
         )
     admin.sys.create_or_update_policy(SIGNER_POLICY, SIGNER_POLICY_FILE.read_text())
+    admin.sys.create_or_update_policy(KEY_ADMIN_POLICY, KEY_ADMIN_POLICY_FILE.read_text())
+    # Rotation is a human's job: its token stays in secrets/, never in the env file the pipeline sources.
+    key_admin = admin.auth.token.create(
+        policies=[KEY_ADMIN_POLICY], no_default_policy=True, ttl="72h", renewable=False,
+        display_name=KEY_ADMIN_POLICY,
+    )
+    write_secret(state.secret("vault-key-admin-token"), key_admin["auth"]["client_token"])
     if "approle/" not in admin.sys.list_auth_methods()["data"]:
         admin.sys.enable_auth_method("approle")
     admin.auth.approle.create_or_update_approle(
@@ -332,7 +341,7 @@ def provision_vault(state: State, root_token: str) -> None:
     write_secret(state.secret("vault-approle.json"), json.dumps({"role_id": role_id, "secret_id": secret_id}))
     write_secret(state.secret("vault-signer-token"), login["auth"]["client_token"])
     log(f"vault provisioned: transit key {SIGNING_KEY} (ecdsa-p256, non-exportable), policy {SIGNER_POLICY}, "
-        f"AppRole {PIPELINE_APPROLE}")
+        f"AppRole {PIPELINE_APPROLE}, key-admin token in {state.secret('vault-key-admin-token')}")
 
 
 def transit_key_exists(admin) -> bool:
