@@ -1,0 +1,200 @@
+"""What every registry backend provides, and where things live in it.
+
+A backend is an :class:`ObjectStore`: a flat key space (POSIX keys relative to
+the registry root) with exactly one way to write, :meth:`ObjectStore.put_if_absent`.
+There is no overwrite and no delete anywhere in the protocol, so nothing a
+backend has stored can be lost or changed through Airlock. Promotion, the index
+and the readers are written once against this protocol; the filesystem and S3
+backends only implement the five primitives.
+
+Layout (ARCHITECTURE.md), identical on every backend::
+
+    models/<org>/<name>/<version>/promotion.json     the claim: every object's key, size and sha256 (first)
+    models/<org>/<name>/<version>/files/...          model files
+    models/<org>/<name>/<version>/model.sig          signature bundle over files/
+    models/<org>/<name>/<version>/aibom.cdx.json     CycloneDX AI-BOM
+    models/<org>/<name>/<version>/aibom.sig          DSSE bundle over the AI-BOM (when signed)
+    models/<org>/<name>/<version>/reports/*.json     scan, eval, fingerprint baseline
+    models/<org>/<name>/<version>/RELEASED           written last: the commit point
+    index/<org>/<name>/events/<seq>.json             append-only status history, one object per event
+
+``promotion.json`` is not in ARCHITECTURE.md's sketch; it is what makes
+"exactly one concurrent promotion wins" true (see :mod:`airlock.registry.promotion`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from airlock.errors import AirlockError
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Hub-style names: what Hugging Face accepts for users, orgs and repos, minus anything path-like.
+_NAME_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# Versions become a path segment / key segment on every backend: no separators, no dot-only names.
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+# Hidden names the filesystem backend uses for partial writes; never valid as a stored key segment.
+PARTIAL_PREFIX = ".airlock-partial."
+
+# Small control objects (plans, markers, index events) are read whole; a larger one is not ours.
+MAX_CONTROL_OBJECT_BYTES = 16 * 1024 * 1024
+
+Source = Path | bytes
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class RegistryError(AirlockError):
+    """A registry operation could not be done; the message names the model, version, key or setting."""
+
+
+class VersionConflictError(RegistryError):
+    """The version already holds (or is claimed for) different content; names the first differing object."""
+
+
+class VersionNotFoundError(RegistryError):
+    """No released version by that name: absent, or a promotion that never reached RELEASED."""
+
+
+class StoredObjectError(RegistryError):
+    """A stored object does not have the bytes its promotion plan records (names the key)."""
+
+
+class SourceChangedError(RegistryError):
+    """A file to promote no longer has the size or sha256 the manifest recorded; nothing was stored from it."""
+
+
+class RegistryIndexError(RegistryError):
+    """An index change was refused (a transition the status does not allow) or the index is damaged."""
+
+
+# --------------------------------------------------------------------------- names
+
+
+@dataclass(frozen=True, order=True)
+class ModelName:
+    """``org/name``, each segment hub-safe, so it can be a key prefix on any backend."""
+
+    org: str
+    name: str
+
+    @classmethod
+    def parse(cls, value: str) -> ModelName:
+        parts = value.split("/")
+        if len(parts) != 2 or not all(_NAME_SEGMENT.match(p) for p in parts) or any(".." in p for p in parts):
+            raise RegistryError(
+                f"model name {value!r} must be ORG/NAME (letters, digits, '.', '_', '-'; no '..')"
+            )
+        return cls(parts[0], parts[1])
+
+    def __str__(self) -> str:
+        return f"{self.org}/{self.name}"
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.match(version) or ".." in version:
+        raise RegistryError(
+            f"version {version!r} must start with a letter or digit and use only letters, digits, '.', '_', '+', '-'"
+        )
+    return version
+
+
+def parse_reference(value: str, *, version_required: bool) -> tuple[ModelName, str | None]:
+    """``ORG/NAME[@VERSION]`` as the CLI and derivation records write it."""
+    name, sep, version = value.partition("@")
+    model = ModelName.parse(name)
+    if not sep:
+        if version_required:
+            raise RegistryError(f"{value!r}: a version is required (ORG/NAME@VERSION)")
+        return model, None
+    return model, check_version(version)
+
+
+def check_sha256(value: str, what: str) -> str:
+    if not SHA256_HEX.match(value):
+        raise RegistryError(f"{what}: {value!r} is not a sha256 (64 lowercase hex characters)")
+    return value
+
+
+# --------------------------------------------------------------------------- layout
+
+
+class Layout:
+    """Key builders for ARCHITECTURE.md's registry layout; the only place that spells keys."""
+
+    PLAN = "promotion.json"
+    RELEASED = "RELEASED"
+    SIGNATURE = "model.sig"
+    AIBOM = "aibom.cdx.json"
+    AIBOM_SIGNATURE = "aibom.sig"
+    FILES = "files/"
+    REPORTS = "reports/"
+
+    @staticmethod
+    def model_prefix(model: ModelName) -> str:
+        return f"models/{model.org}/{model.name}/"
+
+    @classmethod
+    def version_prefix(cls, model: ModelName, version: str) -> str:
+        return f"{cls.model_prefix(model)}{check_version(version)}/"
+
+    @classmethod
+    def key(cls, model: ModelName, version: str, relative: str) -> str:
+        """The store key of ``relative`` (a key inside the version, e.g. ``files/config.json``)."""
+        return cls.version_prefix(model, version) + relative
+
+    @staticmethod
+    def index_prefix(model: ModelName) -> str:
+        return f"index/{model.org}/{model.name}/events/"
+
+    @classmethod
+    def event_key(cls, model: ModelName, seq: int) -> str:
+        # Zero-padded so lexical listing order is sequence order on every backend.
+        return f"{cls.index_prefix(model)}{seq:010d}.json"
+
+
+# --------------------------------------------------------------------------- the backend protocol
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Five primitives; no overwrite, no delete. Keys are POSIX paths relative to the registry root."""
+
+    @property
+    def url(self) -> str:
+        """Where the registry lives (``file:///...`` or ``s3://bucket/prefix``), for messages and BOM links."""
+        ...
+
+    def put_if_absent(self, key: str, source: Source, size: int, sha256: str) -> bool:
+        """Store ``source`` under ``key`` unless the key exists; True when this call created it.
+
+        Implementations check that the bytes they send have ``size`` and ``sha256``
+        *before* the object becomes visible and raise :class:`SourceChangedError`
+        otherwise, so a file that changed since its manifest is never stored. An
+        object becomes visible whole or not at all.
+        """
+        ...
+
+    def stored_sha256(self, key: str) -> str | None:
+        """The sha256 of the bytes stored under ``key`` as the backend can best confirm it; None if absent."""
+        ...
+
+    def read(self, key: str, max_bytes: int = MAX_CONTROL_OBJECT_BYTES) -> bytes | None:
+        """A small object's bytes, or None when absent; larger than ``max_bytes`` is an error."""
+        ...
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (recursive), sorted."""
+        ...
+
+    def list_children(self, prefix: str) -> list[str]:
+        """Immediate child names under ``prefix`` (``prefix`` ends with '/'), sorted."""
+        ...
+
+    def object_url(self, key: str) -> str:
+        """A URL naming ``key`` in this store (for references in BOMs and messages)."""
+        ...

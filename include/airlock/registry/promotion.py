@@ -1,0 +1,452 @@
+"""Promotion: put a verified, signed model into the registry as an immutable version, atomically.
+
+The protocol, in order (every write is put-if-absent, nothing is ever overwritten):
+
+1. **Claim** — write ``promotion.json``, the plan: every object's key, size and
+   sha256 (model files, ``model.sig``, ``aibom.cdx.json``, reports). Of several
+   concurrent promotions of one version exactly one creates the claim; the
+   others read it and either join (identical plan: same content) or are
+   refused with the first differing object named. A crashed promotion's claim
+   stays, so a version name is never reused for other content.
+2. **Upload** every object. A key that already exists (a re-run, a concurrent
+   identical promotion) is not rewritten; its stored bytes must match the plan.
+3. **Confirm** each stored object's sha256 against the plan (re-read on disk;
+   server checksum plus re-read on S3).
+4. **RELEASED** — the commit point, written last. Readers ignore versions
+   without it, so a crash anywhere before it leaves nothing visible, and
+   running the same promotion again finishes the job.
+5. **Index** — the ``promoted`` event (owner, tier, approver), added once even
+   when re-runs race.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from airlock.policy import RiskTier, policy_for
+from airlock.registry.base import (
+    PARTIAL_PREFIX,
+    Layout,
+    ModelName,
+    ObjectStore,
+    RegistryError,
+    SourceChangedError,
+    StoredObjectError,
+    VersionConflictError,
+    check_sha256,
+    check_version,
+)
+from airlock.registry.index import Index, ModelState, PromotedEvent
+
+PLAN_SCHEMA = "airlock.registry.promotion/v1"
+RELEASED_SCHEMA = "airlock.registry.released/v1"
+DEFAULT_WORKERS = 8
+
+Role = Literal["file", "signature", "aibom", "aibom-signature", "report"]
+_ROLE_ORDER: tuple[Role, ...] = ("file", "signature", "aibom", "aibom-signature", "report")
+_REPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json$")
+_HASH_CHUNK = 1 << 20
+
+
+class FileEntry(Protocol):
+    """A manifest file as promotion needs it; :class:`airlock.manifest.ManifestFile` is one."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+
+# --------------------------------------------------------------------------- stored records
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class PlannedObject(_Frozen):
+    key: str = Field(description="key inside the version, e.g. files/config.json, model.sig, reports/scan.json")
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: Role
+
+
+class PromotionPlan(_Frozen):
+    """``promotion.json``: exactly what the version holds. Content only (no times, no people), so the
+    plan of identical content is byte-identical whoever writes it."""
+
+    schema_: Literal["airlock.registry.promotion/v1"] = Field(default=PLAN_SCHEMA, alias="schema")
+    model: str
+    version: str
+    root_digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="model_signing root digest of files/")
+    objects: tuple[PlannedObject, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PromotionPlan:
+        keys = [o.key for o in self.objects]
+        if keys != sorted(set(keys)):
+            raise ValueError("objects must be unique and sorted by key")
+        roles = [o.role for o in self.objects]
+        for role in ("signature", "aibom"):
+            if roles.count(role) != 1:
+                raise ValueError(f"a version holds exactly one {role}, found {roles.count(role)}")
+        files = [o for o in self.objects if o.role == "file"]
+        if not files:
+            raise ValueError("a version holds at least one model file")
+        digest = files_root_digest((o.key[len(Layout.FILES):], o.sha256) for o in files)
+        if digest != self.root_digest:
+            raise ValueError(f"root_digest {self.root_digest} does not match the files' digests ({digest})")
+        return self
+
+    def by_role(self, role: Role) -> list[PlannedObject]:
+        return [o for o in self.objects if o.role == role]
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n").encode()
+
+    def first_difference(self, other: PromotionPlan) -> str | None:
+        """The first object whose presence, size or sha256 differs, described; None when identical.
+
+        Model files are compared first (by key), then the signature, the AI-BOM and
+        the reports: a new model under an old version should be reported as its
+        weights differing, not as its BOM differing.
+        """
+        mine = {o.key: o for o in self.objects}
+        theirs = {o.key: o for o in other.objects}
+
+        def order(key: str) -> tuple[int, str]:
+            role = (mine.get(key) or theirs[key]).role
+            return _ROLE_ORDER.index(role), key
+
+        for key in sorted(mine.keys() | theirs.keys(), key=order):
+            a, b = mine.get(key), theirs.get(key)
+            if a is None:
+                return f"{key}: not in the stored version, present in this promotion"
+            if b is None:
+                return f"{key}: in the stored version, missing from this promotion"
+            if (a.size, a.sha256) != (b.size, b.sha256):
+                return (f"{key}: stored sha256:{a.sha256} ({a.size} bytes), "
+                        f"this promotion sha256:{b.sha256} ({b.size} bytes)")
+        return None
+
+
+class ReleasedRecord(_Frozen):
+    """``RELEASED``: the commit point; names the plan it releases by digest."""
+
+    schema_: Literal["airlock.registry.released/v1"] = Field(default=RELEASED_SCHEMA, alias="schema")
+    model: str
+    version: str
+    root_digest: str
+    plan_sha256: str
+    object_count: int
+    total_bytes: int
+    released_at: AwareDatetime
+    released_by: str
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n").encode()
+
+
+# --------------------------------------------------------------------------- the request
+
+
+@dataclass(frozen=True)
+class PromotionRequest:
+    """Everything promotion needs. ``files``/``root_digest`` come from the manifest of ``model_dir``."""
+
+    model: str
+    version: str
+    model_dir: Path
+    files: Sequence[FileEntry]
+    root_digest: str
+    signature: Path
+    aibom: Path
+    owner: str
+    risk_tier: RiskTier | str
+    approver: str
+    reports: Sequence[Path] = ()
+    aibom_signature: Path | None = None
+    actor: str = "airlock"
+
+    @classmethod
+    def from_manifest(cls, manifest, **kwargs) -> PromotionRequest:  # manifest: airlock.manifest.Manifest
+        return cls(files=tuple(manifest.files), root_digest=manifest.root_digest, **kwargs)
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    model: str
+    version: str
+    created: bool  # False: the version was already released with identical content (a no-op)
+    released: ReleasedRecord
+    plan: PromotionPlan
+    url: str = field(default="")
+
+    @property
+    def root_digest(self) -> str:
+        return self.plan.root_digest
+
+    @property
+    def signature_sha256(self) -> str:
+        return self.plan.by_role("signature")[0].sha256
+
+    @property
+    def aibom_sha256(self) -> str:
+        return self.plan.by_role("aibom")[0].sha256
+
+    def to_json_dict(self) -> dict:
+        """What an Asset event's ``extra`` / XCom carries about the promotion."""
+        return {
+            "model": self.model, "version": self.version, "created": self.created, "url": self.url,
+            "root_digest": self.root_digest, "signature_sha256": self.signature_sha256,
+            "aibom_sha256": self.aibom_sha256, "plan_sha256": self.released.plan_sha256,
+            "released_at": self.released.released_at.isoformat(),
+        }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def files_root_digest(files: Iterable[tuple[str, str]]) -> str:
+    """model_signing's root digest: sha256 over raw per-file digests in path-segment order (as the manifest)."""
+    hasher = hashlib.sha256()
+    for _, sha256 in sorted(files, key=lambda item: tuple(item[0].split("/"))):
+        hasher.update(bytes.fromhex(sha256))
+    return hasher.hexdigest()
+
+
+def _check_file_path(path: str) -> str:
+    parts = path.split("/")
+    if (not path or path.startswith("/") or "\\" in path or "\0" in path
+            or any(p in ("", ".", "..") or p.startswith(PARTIAL_PREFIX) for p in parts)):
+        raise RegistryError(f"manifest file path {path!r} is not a safe relative POSIX path")
+    return path
+
+
+def _sha256_file(path: Path) -> tuple[int, str]:
+    hasher = hashlib.sha256()
+    size = 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read ({exc.strerror})") from None
+    with open(fd, "rb", closefd=True) as reader:
+        while chunk := reader.read(_HASH_CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return size, hasher.hexdigest()
+
+
+def _check_on_disk(path: Path, entry: FileEntry) -> None:
+    """Fail fast (before claiming the version) when a model file is missing or has the wrong size."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise SourceChangedError(f"{path}: manifest file {entry.path} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SourceChangedError(f"{path}: manifest file {entry.path} is not a regular file")
+    if info.st_size != entry.size:
+        raise SourceChangedError(f"{path}: manifest file {entry.path} is {info.st_size} bytes, "
+                                 f"the manifest says {entry.size}")
+
+
+def _load_json(path: Path, what: str) -> None:
+    try:
+        json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{path}: the {what} is not readable JSON ({exc})") from None
+
+
+def build_plan(request: PromotionRequest) -> tuple[PromotionPlan, dict[str, Path]]:
+    """The plan for ``request`` and, per key, the local file it comes from. Nothing is written."""
+    model = ModelName.parse(request.model)
+    version = check_version(request.version)
+    check_sha256(request.root_digest, "root_digest")
+    # Checked before anything is written: the index event after RELEASED must not be the first to object.
+    policy_for(request.risk_tier)
+    for what in ("owner", "approver", "actor"):
+        if not str(getattr(request, what)).strip():
+            raise RegistryError(f"{model}@{version}: {what} is empty")
+    model_dir = Path(request.model_dir)
+    objects: list[PlannedObject] = []
+    sources: dict[str, Path] = {}
+    for entry in request.files:
+        relative = _check_file_path(entry.path)
+        check_sha256(entry.sha256, f"sha256 of {relative}")
+        _check_on_disk(model_dir / relative, entry)
+        key = Layout.FILES + relative
+        objects.append(PlannedObject(key=key, size=entry.size, sha256=entry.sha256, role="file"))
+        sources[key] = model_dir / relative
+    artifacts: list[tuple[str, Path, Role]] = [
+        (Layout.SIGNATURE, Path(request.signature), "signature"),
+        (Layout.AIBOM, Path(request.aibom), "aibom"),
+    ]
+    if request.aibom_signature is not None:
+        artifacts.append((Layout.AIBOM_SIGNATURE, Path(request.aibom_signature), "aibom-signature"))
+    for report in request.reports:
+        report = Path(report)
+        if not _REPORT_NAME.match(report.name):
+            raise RegistryError(f"{report}: report files must be named <letters, digits, ._->.json")
+        artifacts.append((Layout.REPORTS + report.name, report, "report"))
+    for key, path, role in artifacts:
+        if key in sources:
+            raise RegistryError(f"{path}: a second {role} would be stored as {key}")
+        if role != "signature":
+            _load_json(path, role)
+        size, sha256 = _sha256_file(path)
+        objects.append(PlannedObject(key=key, size=size, sha256=sha256, role=role))
+        sources[key] = path
+    try:
+        plan = PromotionPlan(model=str(model), version=version, root_digest=request.root_digest,
+                             objects=tuple(sorted(objects, key=lambda o: o.key)))
+    except ValidationError as exc:
+        raise RegistryError(f"{model}@{version}: {exc.errors()[0]['msg']}") from None
+    return plan, sources
+
+
+def load_plan(store: ObjectStore, model: ModelName, version: str) -> tuple[PromotionPlan, bytes] | None:
+    key = Layout.key(model, version, Layout.PLAN)
+    data = store.read(key)
+    if data is None:
+        return None
+    try:
+        return PromotionPlan.model_validate_json(data), data
+    except ValidationError as exc:
+        raise StoredObjectError(f"{store.object_url(key)}: not a promotion plan ({exc.errors()[0]['msg']})") from None
+
+
+def load_released(store: ObjectStore, model: ModelName, version: str) -> ReleasedRecord | None:
+    key = Layout.key(model, version, Layout.RELEASED)
+    data = store.read(key)
+    if data is None:
+        return None
+    try:
+        record = ReleasedRecord.model_validate_json(data)
+    except ValidationError as exc:
+        raise StoredObjectError(f"{store.object_url(key)}: not a RELEASED record ({exc.errors()[0]['msg']})") from None
+    if (record.model, record.version) != (str(model), version):
+        raise StoredObjectError(f"{store.object_url(key)}: names {record.model}@{record.version}")
+    return record
+
+
+# --------------------------------------------------------------------------- promote
+
+
+def promote(
+    store: ObjectStore,
+    index: Index,
+    request: PromotionRequest,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    clock: Callable[[], datetime] | None = None,
+) -> PromotionResult:
+    """Promote ``request`` (see the module docstring). Safe to re-run after any failure."""
+    now = clock or (lambda: datetime.now(UTC))
+    plan, sources = build_plan(request)
+    model, version = ModelName.parse(plan.model), plan.version
+    plan_bytes = _claim(store, model, version, plan)
+    plan_sha256 = hashlib.sha256(plan_bytes).hexdigest()
+    released = load_released(store, model, version)
+    created = False
+    if released is None:
+        _upload_all(store, model, version, plan, sources, workers)
+        released, created = _release(store, model, version, plan, plan_sha256, request.actor, now())
+    if released.plan_sha256 != plan_sha256:
+        raise StoredObjectError(f"{store.object_url(Layout.key(model, version, Layout.RELEASED))}: releases plan "
+                                f"sha256:{released.plan_sha256}, but promotion.json is sha256:{plan_sha256}")
+    _index_promotion(index, model, version, plan, plan_sha256, request)
+    return PromotionResult(str(model), version, created, released, plan,
+                           url=store.object_url(Layout.version_prefix(model, version).rstrip("/")))
+
+
+def _claim(store: ObjectStore, model: ModelName, version: str, plan: PromotionPlan) -> bytes:
+    """Create the claim, or join an identical one; a different one is a conflict naming the first difference."""
+    data = plan.to_bytes()
+    key = Layout.key(model, version, Layout.PLAN)
+    created = store.put_if_absent(key, data, len(data), hashlib.sha256(data).hexdigest())
+    # Read the claim back even when we created it: a server whose conditional write is not atomic
+    # (moto checks, then writes, without a lock) could let a racing writer replace it. Whoever's claim
+    # is stored owns the version.
+    loaded = load_plan(store, model, version)
+    if created and loaded is not None and loaded[1] == data:
+        return data
+    if loaded is None:
+        raise RegistryError(f"{store.object_url(key)}: exists but cannot be read")
+    stored, stored_bytes = loaded
+    difference = stored.first_difference(plan)
+    if difference is not None:
+        state = "is released" if load_released(store, model, version) else "is claimed by an unfinished promotion"
+        raise VersionConflictError(
+            f"{model}@{version} {state} with different content; versions are immutable, promote under a new "
+            f"version. First difference: {difference}"
+        )
+    return stored_bytes
+
+
+def _upload_all(store: ObjectStore, model: ModelName, version: str, plan: PromotionPlan,
+                sources: dict[str, Path], workers: int) -> None:
+    def one(obj: PlannedObject) -> None:
+        key = Layout.key(model, version, obj.key)
+        store.put_if_absent(key, sources[obj.key], obj.size, obj.sha256)
+        confirmed = store.stored_sha256(key)
+        if confirmed != obj.sha256:
+            raise StoredObjectError(
+                f"{store.object_url(key)}: stored bytes hash to sha256:{confirmed}, the plan says "
+                f"sha256:{obj.sha256}; {model}@{version} cannot be released (promote under a new version)"
+            )
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="airlock-promote") as pool:
+        futures = [pool.submit(one, obj) for obj in plan.objects]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in done:
+            if (error := future.exception()) is not None:
+                raise error
+
+
+def _release(store: ObjectStore, model: ModelName, version: str, plan: PromotionPlan, plan_sha256: str,
+             actor: str, at: datetime) -> tuple[ReleasedRecord, bool]:
+    record = ReleasedRecord(
+        model=str(model), version=version, root_digest=plan.root_digest, plan_sha256=plan_sha256,
+        object_count=len(plan.objects), total_bytes=sum(o.size for o in plan.objects),
+        released_at=at, released_by=actor,
+    )
+    data = record.to_bytes()
+    if store.put_if_absent(Layout.key(model, version, Layout.RELEASED), data, len(data),
+                           hashlib.sha256(data).hexdigest()):
+        return record, True
+    existing = load_released(store, model, version)  # a concurrent identical promotion got there first
+    if existing is None:
+        raise RegistryError(f"{store.object_url(Layout.key(model, version, Layout.RELEASED))}: exists but unreadable")
+    return existing, False
+
+
+def _index_promotion(index: Index, model: ModelName, version: str, plan: PromotionPlan, plan_sha256: str,
+                     request: PromotionRequest) -> None:
+    tier = policy_for(request.risk_tier).tier
+
+    def make(state: ModelState | None, seq: int, at: datetime) -> PromotedEvent | None:
+        if state is not None and state.version(version) is not None:
+            return None  # already indexed (a re-run, or a concurrent identical promotion)
+        return PromotedEvent(seq=seq, model=str(model), version=version, at=at, actor=request.actor,
+                             root_digest=plan.root_digest, plan_sha256=plan_sha256, owner=request.owner,
+                             risk_tier=tier, approver=request.approver)
+
+    index.append(model, make)

@@ -1,0 +1,416 @@
+"""The S3 backend (AWS S3, MinIO; moto in tests), through boto3.
+
+Put-if-absent is a conditional write: ``PutObject`` / ``CompleteMultipartUpload``
+with ``If-None-Match: *``; the server answers 412 when the key exists, so of two
+concurrent writers exactly one creates it. Where the bucket has Object Lock
+enabled (detected once, per store) every object is also written with a
+retention date, so not even a credential with delete rights can remove it
+before then.
+
+Checksums, and why each step is there:
+
+1. Before an object becomes visible we hash the exact bytes we send and compare
+   them with the manifest: small files are read once into memory and hashed;
+   large ones go up as a multipart upload whose parts we hash as we read them,
+   and the upload is completed only when the whole-file sha256 matches
+   (otherwise aborted). So a file that changed since its manifest is never
+   stored, on any server.
+2. Each request carries the manifest's sha256 (``ChecksumSHA256`` for a single
+   PUT, per-part checksums for multipart) so a server that validates checksums
+   (S3, MinIO) rejects bytes damaged in transit. moto stores the client's value
+   without checking it, which is why step 1 does not rely on the server.
+3. Confirmation (:meth:`S3Store.stored_sha256`): the ``ChecksumSHA256`` the
+   server reports for the stored object (HEAD, ``ChecksumMode=ENABLED``) must be
+   the manifest's, and, with ``reread=True`` (the default), the object is read
+   back and hashed; the re-read is what confirms the stored bytes on a server
+   that does not validate (moto), and for multipart objects, whose server
+   checksum is a checksum of part checksums, not of the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from airlock.registry.base import (
+    MAX_CONTROL_OBJECT_BYTES,
+    RegistryError,
+    Source,
+    SourceChangedError,
+    StoredObjectError,
+)
+
+# Above this size a file goes up as a multipart upload (a single PUT tops out at 5 GiB), in parts of this size.
+DEFAULT_PART_SIZE = 64 * 1024 * 1024
+_MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
+_READ_CHUNK = 1 << 20
+# S3 answers 409 ConditionalRequestConflict when two conditional writes to one key race; retrying gets 200 or 412.
+_CONFLICT_RETRIES = 8
+
+LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Object Lock retention applied to every object on a bucket that has Object Lock enabled."""
+
+    mode: LockMode = "COMPLIANCE"
+    days: int = 3650
+
+    def until(self, now: datetime | None = None) -> datetime:
+        return (now or datetime.now(UTC)) + timedelta(days=self.days)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket[/prefix]`` -> (bucket, prefix without slashes at either end)."""
+    if not url.startswith("s3://"):
+        raise RegistryError(f"registry URL {url!r} is not s3://bucket[/prefix]")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise RegistryError(f"registry URL {url!r} names no bucket")
+    return bucket, prefix.strip("/")
+
+
+class S3Store:
+    """An :class:`~airlock.registry.base.ObjectStore` in ``bucket`` under ``prefix``."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        retention: Retention | None = None,
+        reread: bool = True,
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> None:
+        if part_size < _MIN_PART_SIZE:
+            raise RegistryError(f"S3 part size {part_size} is below S3's minimum of {_MIN_PART_SIZE} bytes")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.reread = reread
+        self.part_size = part_size
+        self._retention_setting = retention
+        self._lock: Retention | None | Literal["unknown"] = "unknown"
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def object_url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{quote(self._key(key))}"
+
+    # ------------------------------------------------------------------ object lock
+
+    @property
+    def object_lock(self) -> Retention | None:
+        """The retention this store applies: None when the bucket has no Object Lock (detected once)."""
+        if self._lock == "unknown":
+            self._lock = self._detect_lock()
+        return self._lock
+
+    def _detect_lock(self) -> Retention | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            config = self.client.get_object_lock_configuration(Bucket=self.bucket)["ObjectLockConfiguration"]
+        except ClientError as exc:
+            if _code(exc) == "ObjectLockConfigurationNotFoundError":
+                return None
+            # Fail closed: not knowing whether versions are locked is not a reason to write them unlocked.
+            raise RegistryError(
+                f"s3://{self.bucket}: cannot read the Object Lock configuration ({_code(exc)}); "
+                f"grant s3:GetBucketObjectLockConfiguration to the registry's credentials"
+            ) from None
+        if config.get("ObjectLockEnabled") != "Enabled":
+            return None
+        if self._retention_setting is not None:
+            return self._retention_setting
+        default = (config.get("Rule") or {}).get("DefaultRetention") or {}
+        days = int(default.get("Days") or 0) or 365 * int(default.get("Years") or 0)
+        if default.get("Mode") and days:
+            return Retention(mode=default["Mode"], days=days)
+        return Retention()
+
+    def _lock_args(self) -> dict[str, Any]:
+        lock = self.object_lock
+        if lock is None:
+            return {}
+        return {"ObjectLockMode": lock.mode, "ObjectLockRetainUntilDate": lock.until()}
+
+    # ------------------------------------------------------------------ writing
+
+    def put_if_absent(self, key: str, source: Source, size: int, sha256: str) -> bool:
+        if self._exists(key):
+            # A re-run after a crash: do not read (or send) gigabytes only to be told 412. The conditional
+            # write below still decides when the key appears in between.
+            return False
+        if size <= self.part_size:
+            data = source if isinstance(source, bytes) else _read_small(source, self.part_size)
+            _check_bytes(key, source, len(data), hashlib.sha256(data).hexdigest(), size, sha256)
+            return self._put_single(key, data, sha256)
+        if isinstance(source, bytes):
+            return self._put_multipart(key, io.BytesIO(source), source, size, sha256)
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SourceChangedError(f"{source}: cannot open ({exc.strerror}); nothing stored") from None
+        with open(fd, "rb", closefd=True) as reader:
+            return self._put_multipart(key, reader, source, size, sha256)
+
+    def _put_single(self, key: str, data: bytes, sha256: str) -> bool:
+        args = {
+            "Bucket": self.bucket,
+            "Key": self._key(key),
+            "Body": data,
+            "IfNoneMatch": "*",
+            # The algorithm header too: Object Lock puts require it, and it tells the server what to validate.
+            "ChecksumAlgorithm": "SHA256",
+            "ChecksumSHA256": _b64(sha256),
+            **self._lock_args(),
+        }
+        response = self._conditional(self.client.put_object, args)
+        if response is None:
+            return False
+        returned = response.get("ChecksumSHA256")
+        if returned is not None and returned != _b64(sha256):
+            raise StoredObjectError(
+                f"{self.object_url(key)}: the server reports ChecksumSHA256 {returned} for the stored object, "
+                f"expected {_b64(sha256)} (sha256:{sha256})"
+            )
+        return True
+
+    def _put_multipart(self, key: str, reader: Any, source: Source, size: int, sha256: str) -> bool:
+        full_key = self._key(key)
+        upload = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=full_key, ChecksumAlgorithm="SHA256", **self._lock_args()
+        )
+        upload_id = upload["UploadId"]
+        completed = False
+        try:
+            parts, sent, digest = self._upload_parts(full_key, upload_id, reader)
+            # The whole file, as sent, must be the manifest's file before anything becomes visible.
+            _check_bytes(key, source, sent, digest, size, sha256)
+            response = self._conditional(
+                self.client.complete_multipart_upload,
+                {
+                    "Bucket": self.bucket,
+                    "Key": full_key,
+                    "UploadId": upload_id,
+                    "MultipartUpload": {"Parts": parts},
+                    "IfNoneMatch": "*",
+                },
+            )
+            completed = response is not None
+            return completed
+        finally:
+            if not completed:
+                self._abort(full_key, upload_id)
+
+    def _upload_parts(self, full_key: str, upload_id: str, reader: Any) -> tuple[list[dict[str, Any]], int, str]:
+        whole = hashlib.sha256()
+        parts: list[dict[str, Any]] = []
+        sent = 0
+        while chunk := reader.read(self.part_size):
+            whole.update(chunk)
+            sent += len(chunk)
+            checksum = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+            number = len(parts) + 1
+            response = self.client.upload_part(
+                Bucket=self.bucket, Key=full_key, UploadId=upload_id, PartNumber=number,
+                Body=chunk, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+            )
+            parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum})
+        return parts, sent, whole.hexdigest()
+
+    def _abort(self, full_key: str, upload_id: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
+        except (BotoCoreError, ClientError):
+            pass  # an unfinished upload is invisible; a bucket lifecycle rule reaps it
+
+    def _conditional(self, call: Any, args: dict[str, Any]) -> dict[str, Any] | None:
+        """``call(**args)``; None when the key already exists (412)."""
+        from botocore.exceptions import ClientError
+
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                return call(**args)
+            except ClientError as exc:
+                code, status = _code(exc), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code == "PreconditionFailed" or status == 412:
+                    return None
+                if code == "ConditionalRequestConflict" or status == 409:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise RegistryError(f"s3://{self.bucket}/{args['Key']}: write failed ({code}: {exc})") from None
+        raise RegistryError(f"s3://{self.bucket}/{args['Key']}: conditional write kept conflicting; try again")
+
+    # ------------------------------------------------------------------ reading
+
+    def _exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _missing(exc):
+                return False
+            raise RegistryError(f"{self.object_url(key)}: cannot read its metadata ({_code(exc)})") from None
+        return True
+
+    def stored_sha256(self, key: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise RegistryError(f"{self.object_url(key)}: cannot read its metadata ({_code(exc)})") from None
+        reported = _full_object_sha256(head)
+        if reported is not None and not self.reread:
+            return reported
+        reread = self._hash_object(key)
+        if reported is not None and reported != reread:
+            raise StoredObjectError(
+                f"{self.object_url(key)}: the server reports sha256:{reported} but the stored bytes hash to "
+                f"sha256:{reread}"
+            )
+        return reread
+
+    def _hash_object(self, key: str) -> str:
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as exc:
+            raise RegistryError(f"{self.object_url(key)}: cannot read it back ({_code(exc)})") from None
+        from botocore.exceptions import FlexibleChecksumError
+
+        hasher = hashlib.sha256()
+        try:
+            with body:
+                for chunk in body.iter_chunks(_READ_CHUNK):
+                    hasher.update(chunk)
+        except FlexibleChecksumError as exc:
+            # botocore checks the body against the checksum the server reports as it streams it.
+            raise StoredObjectError(f"{self.object_url(key)}: stored bytes hash to something other than the "
+                                    f"server's checksum ({exc})") from None
+        return hasher.hexdigest()
+
+    def read(self, key: str, max_bytes: int = MAX_CONTROL_OBJECT_BYTES) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise RegistryError(f"{self.object_url(key)}: cannot read ({_code(exc)})") from None
+        if response.get("ContentLength", 0) > max_bytes:
+            response["Body"].close()
+            raise RegistryError(f"{self.object_url(key)}: larger than {max_bytes} bytes; not a registry control object")
+        from botocore.exceptions import FlexibleChecksumError
+
+        try:
+            with response["Body"] as body:
+                return body.read()
+        except FlexibleChecksumError as exc:
+            raise StoredObjectError(f"{self.object_url(key)}: stored bytes do not match the server's checksum "
+                                    f"({exc})") from None
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys = []
+        for page in self._pages(prefix, delimiter=None):
+            keys.extend(self._relative(item["Key"]) for item in page.get("Contents", []))
+        return sorted(keys)
+
+    def list_children(self, prefix: str) -> list[str]:
+        names: set[str] = set()
+        full_prefix = self._key(prefix)
+        for page in self._pages(prefix, delimiter="/"):
+            names.update(p["Prefix"][len(full_prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+            names.update(item["Key"][len(full_prefix):] for item in page.get("Contents", []))
+        return sorted(n for n in names if n)
+
+    def _pages(self, prefix: str, delimiter: str | None):
+        args = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        from botocore.exceptions import ClientError
+
+        try:
+            yield from self.client.get_paginator("list_objects_v2").paginate(**args)
+        except ClientError as exc:
+            raise RegistryError(f"s3://{self.bucket}/{args['Prefix']}: cannot list ({_code(exc)})") from None
+
+    # ------------------------------------------------------------------ keys
+
+    def _key(self, key: str) -> str:
+        parts = key.rstrip("/").split("/") if key else []
+        if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise RegistryError(f"registry key {key!r} is not a relative POSIX path inside the registry")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1:] if self.prefix else full_key
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _b64(sha256_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+
+
+def _full_object_sha256(head: dict[str, Any]) -> str | None:
+    """The server's sha256 of the whole object, when it reports one (not a multipart checksum-of-checksums)."""
+    value = head.get("ChecksumSHA256")
+    # A multipart object's ETag (and composite checksum) carries a "-<parts>" suffix.
+    multipart = "-" in head.get("ETag", "") or "-" in (value or "")
+    if not value or multipart or head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    # O_NOFOLLOW: a symlink swapped into the model directory after hashing is refused, not followed.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SourceChangedError(f"{path}: cannot open ({exc.strerror}); nothing stored") from None
+    with open(fd, "rb", closefd=True) as reader:
+        return reader.read(limit + 1)
+
+
+def _check_bytes(key: str, source: Source, size: int, digest: str, want_size: int, want_sha256: str) -> None:
+    if (size, digest) != (want_size, want_sha256):
+        what = str(source) if isinstance(source, Path) else f"<{want_size} bytes>"
+        raise SourceChangedError(
+            f"{what} -> {key}: expected {want_size} bytes sha256:{want_sha256}, read {size} bytes sha256:{digest}; "
+            f"the file changed since its manifest, nothing stored"
+        )
+
+
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "unknown"))
+
+
+def _missing(exc: Any) -> bool:
+    return _code(exc) in {"404", "NoSuchKey", "NotFound"}
