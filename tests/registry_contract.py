@@ -28,7 +28,7 @@ from airlock.registry import (
     VersionNotFoundError,
 )
 from airlock.registry.base import Layout, ModelName
-from airlock.registry.promotion import files_root_digest
+from airlock.manifest import root_digest_of_pairs
 
 MODEL = "demo/tiny"
 
@@ -55,7 +55,7 @@ def make_model(base: Path, flavour: str = "a", *, extra: dict[str, bytes] | None
         (model_dir / path).parent.mkdir(parents=True, exist_ok=True)
         (model_dir / path).write_bytes(data)
         rows.append(Row(path, len(data), hashlib.sha256(data).hexdigest()))
-    root = files_root_digest((r.path, r.sha256) for r in rows)
+    root = root_digest_of_pairs((r.path, r.sha256) for r in rows)
     artifacts = base / f"artifacts-{flavour}"
     artifacts.mkdir(exist_ok=True)
     (artifacts / "model.sig").write_text(json.dumps({"signed": root}))

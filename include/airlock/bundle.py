@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from airlock.errors import AirlockError
-from airlock.manifest import path_sort_key
+from airlock.manifest import path_sort_key, root_digest_of_pairs
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -116,11 +116,8 @@ def sorted_digests(files: Iterable[FileDigest]) -> list[FileDigest]:
 
 
 def root_digest(files: Sequence[FileDigest]) -> str:
-    """sha256 over the concatenated raw per-file digests, in the given order (model_signing's subject digest)."""
-    hasher = hashlib.sha256()
-    for f in files:
-        hasher.update(bytes.fromhex(f.sha256))
-    return hasher.hexdigest()
+    """model_signing's subject digest of ``files`` (computed by the manifest stage's one implementation)."""
+    return root_digest_of_pairs((f.path, f.sha256) for f in files)
 
 
 # --------------------------------------------------------------------------- DSSE

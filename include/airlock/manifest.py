@@ -229,9 +229,14 @@ def hash_tree(
 
 def root_digest(digests: Iterable[FileDigest | ManifestFile]) -> str:
     """sha256 over the raw per-file sha256 digests in path-segment order (model_signing's subject digest)."""
+    return root_digest_of_pairs((item.path, item.sha256) for item in digests)
+
+
+def root_digest_of_pairs(files: Iterable[tuple[str, str]]) -> str:
+    """:func:`root_digest` over ``(path, sha256 hex)`` pairs: the one implementation every stage uses."""
     hasher = hashlib.sha256()
-    for item in sorted(digests, key=lambda d: path_sort_key(d.path)):
-        hasher.update(bytes.fromhex(item.sha256))
+    for _, sha256 in sorted(files, key=lambda item: path_sort_key(item[0])):
+        hasher.update(bytes.fromhex(sha256))
     return hasher.hexdigest()
 
 

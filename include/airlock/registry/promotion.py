@@ -35,6 +35,7 @@ from typing import Literal, Protocol
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from airlock.manifest import root_digest_of_pairs
 from airlock.policy import RiskTier, policy_for
 from airlock.registry.base import (
     PARTIAL_PREFIX,
@@ -109,7 +110,7 @@ class PromotionPlan(_Frozen):
         files = [o for o in self.objects if o.role == "file"]
         if not files:
             raise ValueError("a version holds at least one model file")
-        digest = files_root_digest((o.key[len(Layout.FILES):], o.sha256) for o in files)
+        digest = root_digest_of_pairs((o.key[len(Layout.FILES):], o.sha256) for o in files)
         if digest != self.root_digest:
             raise ValueError(f"root_digest {self.root_digest} does not match the files' digests ({digest})")
         return self
@@ -221,14 +222,6 @@ class PromotionResult:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def files_root_digest(files: Iterable[tuple[str, str]]) -> str:
-    """model_signing's root digest: sha256 over raw per-file digests in path-segment order (as the manifest)."""
-    hasher = hashlib.sha256()
-    for _, sha256 in sorted(files, key=lambda item: tuple(item[0].split("/"))):
-        hasher.update(bytes.fromhex(sha256))
-    return hasher.hexdigest()
 
 
 def _check_file_path(path: str) -> str:
