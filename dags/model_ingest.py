@@ -22,7 +22,19 @@ limits, whether a drop must carry a vendor manifest, scan strictness and approva
    a missing or an unexpected file blocks the run.
 5. `hash_manifest` builds the manifest (sha256 per file, model_signing root
    digest) from that same pass and records an event on the model's Asset.
-6. `remove_quarantine` (teardown) deletes the run's quarantine directory when
+6. `scan_model` scans every file by content at the tier's policy; a block (or
+   "could not scan") fails the run here, with every finding in the task log and
+   the ScanReport in quarantine.
+7. `review_gate` sends the run to `approve` (human approval in the Airflow UI:
+   Required Actions) when the tier requires it or the scan flagged something;
+   a rejection or a timeout fails the run.
+8. `sign_model` signs the manifest with the Vault Transit key (`airlock_vault`
+   connection) into an OpenSSF model-signing bundle; re-ingesting a revision
+   that is already released is a no-op.
+9. `build_aibom` writes the CycloneDX 1.6 AI-BOM (validated strictly) and signs it.
+10. `promote` stores files, signature, BOM and reports as an immutable registry
+   version (RELEASED last) and records the Asset event with version and digests.
+11. `remove_quarantine` (teardown) deletes the run's quarantine directory when
    the run ends (kept after a failure only if AIRLOCK_QUARANTINE_KEEP_ON_FAILURE).
 
 All logic lives in the `airlock` library; tasks pass paths and digests, never bytes.
@@ -34,6 +46,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetAlias, Param, dag, task
 
 from airlock.lineage import MODEL_ALIAS
@@ -52,6 +65,8 @@ def _verdicts_fail_fast():
     from airflow.sdk.exceptions import AirflowFailException
 
     from airlock.errors import ConfigurationError, DownloadError, IntegrityError, ManifestError, QuarantineError
+    from airlock.ingest import RegistryConflict, ScanBlocked
+    from airlock.vault import VaultKeyNotFoundError, VaultPermissionDeniedError
 
     try:
         yield
@@ -59,7 +74,10 @@ def _verdicts_fail_fast():
         if exc.retryable:
             raise
         raise AirflowFailException(str(exc)) from None
-    except (IntegrityError, QuarantineError, ManifestError, ConfigurationError) as exc:
+    except (
+        IntegrityError, QuarantineError, ManifestError, ConfigurationError, ScanBlocked, RegistryConflict,
+        VaultPermissionDeniedError, VaultKeyNotFoundError,
+    ) as exc:
         raise AirflowFailException(str(exc)) from None
 
 
@@ -109,6 +127,19 @@ def _verdicts_fail_fast():
             enum=RISK_TIERS,
             title="Risk tier",
             description="low | medium | high | critical: quarantine limits, vendor-manifest rule, scanning, approval.",
+        ),
+        "registry_name": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$",
+            title="Registry name",
+            description="ORG/NAME in the registry. Empty: the hub repo id (required for s3:// and file:// drops).",
+        ),
+        "derivation": Param(
+            None,
+            type=["null", "object"],
+            title="Derivation record",
+            description="For a derived model: {schema, parent: {model, version|root_digest}, steps: [...]}.",
         ),
     },
 )
@@ -245,14 +276,144 @@ def model_ingest():
         log.info("removed %s", removed or f"{run_dir} (already absent)")
         return {"quarantine": str(run_dir), "removed": removed is not None, "kept_for_forensics": False}
 
+    @task(task_id="scan_model")
+    def scan_model(hashed: dict, params: dict | None = None) -> dict:
+        """Scan every quarantined file by content; a block stops the run before anything is signed."""
+        import logging
+
+        from airlock.config import load_settings
+        from airlock.ingest import scan_quarantine
+        from airlock.quarantine import QuarantineArea
+
+        assert params is not None
+        log = logging.getLogger("airlock.model_ingest")
+        area = QuarantineArea.at(load_settings().quarantine_root, hashed["quarantine"])
+        with _verdicts_fail_fast():
+            return scan_quarantine(area, params["risk_tier"], log.info)
+
+    @task.branch(task_id="review_gate")
+    def review_gate(scanned: dict, params: dict | None = None) -> str:
+        """Human approval when the tier requires it or the scan flagged something; otherwise straight to signing."""
+        from airlock.ingest import approval_required
+
+        assert params is not None
+        return "approve" if approval_required(params["risk_tier"], scanned) else "sign_model"
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="Approve {{ params.source }} (tier {{ params.risk_tier }}) for the model registry?",
+        body=(
+            "**Source:** {{ params.source }} pinned to `{{ ti.xcom_pull(task_ids='resolve_source')['revision'] }}`\n\n"
+            "**Owner:** {{ params.owner }}\n\n"
+            "**Root digest:** `sha256:{{ ti.xcom_pull(task_ids='hash_manifest')['root_digest'] }}`\n\n"
+            "**Scan:** {{ ti.xcom_pull(task_ids='scan_model')['verdict'] }}, "
+            "{{ ti.xcom_pull(task_ids='scan_model')['flagged'] }} flagged finding(s); "
+            "report `{{ ti.xcom_pull(task_ids='scan_model')['report'] }}`\n\n"
+            "Approving lets Airlock sign this model and promote it. Rejecting fails the run."
+        ),
+        fail_on_reject=True,  # a rejected model must show as a failed ingestion, not a quiet skip
+        response_timeout=timedelta(days=7),  # no answer within a week is a refusal
+        retries=0,
+    )
+
+    @task(task_id="sign_model", trigger_rule="none_failed_min_one_success")
+    def sign_model(resolved: dict, hashed: dict, params: dict | None = None) -> dict:
+        """Sign the manifest in Vault Transit; a revision already released with the same digest is a no-op."""
+        from airlock.config import load_settings
+        from airlock.connections import s3_access
+        from airlock.ingest import already_released, open_configured_registry, registry_target, sign_quarantine
+        from airlock.quarantine import QuarantineArea
+        from airlock.signing import VaultTransitSigner
+        from airlock.sources import ResolvedSource
+
+        assert params is not None
+        source = ResolvedSource.model_validate(resolved)
+        area = QuarantineArea.at(load_settings().quarantine_root, hashed["quarantine"])
+        with _verdicts_fail_fast():
+            target = registry_target(source.kind, source.model_name, source.revision, params.get("registry_name"))
+            registry = open_configured_registry(lambda: s3_access().client())
+            existing = already_released(registry, target, hashed["root_digest"])
+            if existing is not None:
+                return {**target.to_json_dict(), "already_released": existing}
+            signer = VaultTransitSigner.from_airflow_connection()
+            return {**target.to_json_dict(), **sign_quarantine(area, target, signer)}
+
+    @task(task_id="build_aibom")
+    def build_aibom(
+        resolved: dict, hashed: dict, scanned: dict, signed: dict, params: dict | None = None,
+        run_id: str | None = None,
+    ) -> dict:
+        """The CycloneDX 1.6 AI-BOM of this ingestion (validated strictly), signed like the model."""
+        from airlock.config import load_settings
+        from airlock.connections import s3_access
+        from airlock.ingest import RegistryTarget, build_quarantine_aibom, ingest_stage_records, open_configured_registry
+        from airlock.quarantine import QuarantineArea
+        from airlock.signing import VaultTransitSigner
+        from airlock.sources import ResolvedSource
+
+        assert params is not None and run_id is not None
+        if "already_released" in signed:
+            return {"skipped": "already released", **signed["already_released"]}
+        source = ResolvedSource.model_validate(resolved)
+        area = QuarantineArea.at(load_settings().quarantine_root, hashed["quarantine"])
+        target = RegistryTarget(signed["model"], signed["version"])
+        with _verdicts_fail_fast():
+            registry = open_configured_registry(lambda: s3_access().client())
+            return build_quarantine_aibom(
+                area, target,
+                stages=ingest_stage_records(source.kind, scanned, signed, run_id),
+                run_id=run_id,
+                registry_url=registry.version_url(target.model, target.version),
+                signer=VaultTransitSigner.from_airflow_connection(),
+                derivation=params.get("derivation"),
+                registry=registry,
+            )
+
+    @task(task_id="promote", outlets=[AssetAlias(MODEL_ALIAS)])
+    def promote(
+        resolved: dict, hashed: dict, signed: dict, bom: dict, params: dict | None = None,
+        outlet_events=None, ti=None,
+    ) -> dict:
+        """Store everything as an immutable registry version (RELEASED last); record the model's Asset event."""
+        from airlock.config import load_settings
+        from airlock.connections import s3_access
+        from airlock.ingest import RegistryTarget, approver_of, open_configured_registry, promote_quarantine
+        from airlock.lineage import record_promotion_event
+        from airlock.quarantine import QuarantineArea
+        from airlock.sources import ResolvedSource
+
+        assert params is not None
+        source = ResolvedSource.model_validate(resolved)
+        if "already_released" in signed:
+            promotion = signed["already_released"]
+        else:
+            area = QuarantineArea.at(load_settings().quarantine_root, hashed["quarantine"])
+            with _verdicts_fail_fast():
+                promotion = promote_quarantine(
+                    area, RegistryTarget(signed["model"], signed["version"]),
+                    open_configured_registry(lambda: s3_access().client()),
+                    owner=params["owner"], tier=params["risk_tier"],
+                    approver=approver_of(ti.xcom_pull(task_ids="approve"), params["risk_tier"]),
+                    actor=f"airflow:model_ingest/{ti.run_id}",
+                )
+        record_promotion_event(outlet_events, source, promotion)
+        return promotion
+
     resolved = resolve_source()
     prepared = prepare_quarantine(resolved)
     downloaded = download_to_quarantine(resolved, prepared)
     verified = verify_published_checksums(resolved, downloaded)
     manifest = hash_manifest(resolved, verified)
-    # Later stages (scan_model, ...) go between hash_manifest and the teardown; prepare_quarantine
-    # is the setup, so the teardown runs whenever the directory was created, whatever fails after.
-    manifest >> remove_quarantine().as_teardown(setups=prepared)
+    scanned = scan_model(manifest)
+    gate = review_gate(scanned)
+    signed = sign_model(resolved, manifest)
+    gate >> [approve, signed]
+    approve >> signed
+    bom = build_aibom(resolved, manifest, scanned, signed)
+    promoted = promote(resolved, manifest, signed, bom)
+    # prepare_quarantine is the setup, so the teardown runs whenever the directory was created,
+    # whatever fails after it.
+    promoted >> remove_quarantine().as_teardown(setups=prepared)
 
 
 def _run_failed(ti, dag_run) -> bool:

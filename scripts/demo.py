@@ -9,13 +9,20 @@ end as expected.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from airlock.airflow_client import AirflowClient
 from airlock.errors import AirlockError
 
 DAG_ID = "model_ingest"
+TASK_ORDER = [
+    "resolve_source", "prepare_quarantine", "download_to_quarantine", "verify_published_checksums", "hash_manifest",
+    "scan_model", "review_gate", "approve", "sign_model", "build_aibom", "promote", "remove_quarantine",
+]
 
 
 @dataclass(frozen=True)
@@ -24,30 +31,65 @@ class DemoCase:
     risk_tier: str
     expected_state: str
     why: str
+    stops_at: str | None = None  # the task expected to fail
 
 
 CASES = (
-    DemoCase("hf://demo/tiny-gpt2", "high", "success", "a clean safetensors model"),
-    DemoCase("hf://demo/tampered-lfs", "low", "failed", "an LFS object altered after commit: checksum blocks it"),
+    DemoCase("hf://demo/tiny-gpt2", "high", "success",
+             "a clean safetensors model; tier high needs a human's approval, given here through the API"),
+    DemoCase("hf://demo/tiny-gpt2-bin", "medium", "success", "pickle weights, all allowlisted: fine at medium"),
+    DemoCase("hf://demo/tiny-gpt2-bin", "high", "failed", "the same pickle weights are refused at high",
+             stops_at="scan_model"),
+    DemoCase("hf://demo/evil-pickle", "medium", "failed", "a pickle that would run a command on load",
+             stops_at="scan_model"),
+    DemoCase("hf://demo/tampered-lfs", "low", "failed", "an LFS object altered after commit: checksum blocks it",
+             stops_at="verify_published_checksums"),
 )
 
 
-def run_case(client: AirflowClient, case: DemoCase) -> bool:
+def run_case(client: AirflowClient, case: DemoCase) -> tuple[bool, dict | None]:
     conf = {"source": case.source, "revision": None, "owner": "ml-platform", "risk_tier": case.risk_tier}
     run_id = client.trigger(DAG_ID, conf, note=f"make demo: {case.why}")
-    print(f"\n▶ {case.source} (tier {case.risk_tier}): triggered {DAG_ID} run {run_id}")
+    print(f"\n▶ {case.source} (tier {case.risk_tier}): {case.why}\n  run {run_id}")
+    if case.risk_tier in ("high", "critical") and case.expected_state == "success":
+        client.wait_for_task(DAG_ID, run_id, "approve", {"awaiting_input", "deferred"})
+        print(f"  waiting for approval (UI: {client.base_url}/required_actions); approving as "
+              f"{client.username} through the API")
+        client.respond(DAG_ID, run_id, "approve", ["Approve"])
     run = client.wait_for_run(DAG_ID, run_id)
-    for ti in sorted(client.task_instances(DAG_ID, run_id), key=lambda t: t.get("start_date") or ""):
+    instances = client.task_instances(DAG_ID, run_id)
+    for ti in sorted(instances, key=lambda t: (t.get("start_date") or "~", TASK_ORDER.index(t["task_id"])
+                                               if t["task_id"] in TASK_ORDER else len(TASK_ORDER))):
         print(f"    {ti['task_id']:<28} {ti['state']}")
-    if run["state"] == "success":
-        resolved = client.xcom(DAG_ID, run_id, "resolve_source")
-        print(f"    pinned revision: {resolved['revision']} ({len(resolved['files'])} files)")
-        manifest = client.xcom(DAG_ID, run_id, "hash_manifest")
-        print(f"    manifest root digest: {manifest['root_digest']} ({manifest['files']} files)")
-    ok = run["state"] == case.expected_state
-    verdict = "as expected" if ok else f"UNEXPECTED (wanted {case.expected_state})"
+    states = {ti["task_id"]: ti["state"] for ti in instances}
+    promoted = client.xcom(DAG_ID, run_id, "promote") if run["state"] == "success" else None
+    if promoted:
+        print(f"  promoted {promoted['model']}@{promoted['version']} root sha256:{promoted['root_digest'][:16]}… "
+              f"({'new version' if promoted['created'] else 'already in the registry'})")
+    ok = run["state"] == case.expected_state and (case.stops_at is None or states.get(case.stops_at) == "failed")
+    verdict = "as expected" if ok else f"UNEXPECTED (wanted {case.expected_state}" + (
+        f" at {case.stops_at})" if case.stops_at else ")")
     print(f"  run {run['state']}: {verdict}")
-    return ok
+    return ok, promoted
+
+
+def pull_verified_copy(promoted: dict) -> bool:
+    """What a serving host does: publish the trust store once, then `airlock pull` verifies before it copies."""
+    airlock = str(Path(sys.executable).parent / "airlock")
+    state = Path(os.environ.get("AIRLOCK_STATE_DIR", ".airlock"))
+    trust = state / "trust.pem"
+    dest = state / "serving" / f"{promoted['model'].replace('/', '--')}@{promoted['version']}"
+    subprocess.run([airlock, "keys", "export", "--output", str(trust)], check=True, capture_output=True)
+    if dest.exists():
+        subprocess.run(["chmod", "-R", "u+w", str(dest)], check=True)
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    reference = f"{promoted['model']}@{promoted['version']}"
+    print(f"\n▶ airlock pull {reference} --dest {dest} --trust-store {trust}")
+    result = subprocess.run([airlock, "pull", reference, "--dest", str(dest), "--trust-store", str(trust)],
+                            capture_output=True, text=True)
+    print("  " + (result.stdout.strip() or result.stderr.strip()).replace("\n", "\n  "))
+    return result.returncode == 0
 
 
 def main() -> int:
@@ -58,12 +100,17 @@ def main() -> int:
     try:
         client.wait_for_dag(DAG_ID)
         client.unpause(DAG_ID)
-        results = [run_case(client, case) for case in CASES]
+        outcomes = [run_case(client, case) for case in CASES]
     except AirlockError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
+    results = [ok for ok, _ in outcomes]
+    first_promoted = next((promoted for _, promoted in outcomes if promoted), None)
+    if first_promoted:
+        results.append(pull_verified_copy(first_promoted))
     print(f"\nAirflow UI: {url}  (login: {user} / {password})")
     print(f"Runs: {url}/dags/{DAG_ID}/runs")
+    print("Registry:  . .airlock/env && .venv/bin/airlock registry list")
     print("Outcome:", "all demo runs ended as expected" if all(results) else "some demo runs did NOT end as expected")
     return 0 if all(results) else 1
 

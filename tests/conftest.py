@@ -7,6 +7,7 @@ so `pytest` works the same from `make test` and from a developer's shell.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -28,6 +29,25 @@ def _load_stack_env() -> None:
 
 
 _load_stack_env()
+
+
+def _vault_connection_from_stack() -> None:
+    """`airlock_vault` for in-process DAG runs: the same AppRole the stack gives `airflow standalone`."""
+    approle = Path(os.environ.get("AIRLOCK_STATE_DIR", REPO / ".airlock")) / "secrets" / "vault-approle.json"
+    addr = os.environ.get("AIRLOCK_VAULT_ADDR")
+    if not approle.exists() or not addr or "AIRFLOW_CONN_AIRLOCK_VAULT" in os.environ:
+        return
+    from urllib.parse import urlsplit
+
+    credentials = json.loads(approle.read_text())
+    parts = urlsplit(addr)
+    os.environ["AIRFLOW_CONN_AIRLOCK_VAULT"] = json.dumps({
+        "conn_type": "vault", "host": parts.hostname, "port": parts.port, "schema": parts.scheme,
+        "login": credentials["role_id"], "password": credentials["secret_id"], "extra": {"auth_type": "approle"},
+    })
+
+
+_vault_connection_from_stack()
 
 # Tests get their own Airflow home and SQLite metadata DB, never the one the demo
 # stack's `airflow standalone` is using. Set before anything imports airflow.

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from airlock.registry import Registry
     from airlock.signing import Signer
+    from airlock.trust import TrustStore
 
 AIBOM_FILE = "aibom.cdx.json"
 AIBOM_SIGNATURE_FILE = "aibom.sig"
@@ -1062,11 +1063,40 @@ def verify_aibom_signature(bom_bytes: bytes, bundle_bytes: bytes, public_key_pem
         key.verify(signature, pae(IN_TOTO_PAYLOAD_TYPE, payload), ec.ECDSA(ecdsa_hash_for(key.curve)))
     except InvalidSignature:
         raise AibomError(f"{AIBOM_SIGNATURE_FILE}: dsseEnvelope.signatures[0] does not verify with the key") from None
-    statement = json.loads(payload)
-    if statement.get("predicateType") != BOM_PREDICATE_TYPE:
-        raise AibomError(f"{AIBOM_SIGNATURE_FILE}: predicateType is {statement.get('predicateType')!r}")
-    subjects = statement.get("subject") or []
+    try:
+        statement = json.loads(payload)
+        predicate_type = statement.get("predicateType")
+        subjects = statement.get("subject") or []
+        subject_digests = [subject.get("digest", {}).get("sha256") for subject in subjects]
+    except (ValueError, AttributeError):
+        # Signed, yet not an in-toto statement: still refused, with a reason rather than a traceback.
+        raise AibomError(f"{AIBOM_SIGNATURE_FILE}: the signed payload is not an in-toto statement") from None
+    if predicate_type != BOM_PREDICATE_TYPE:
+        raise AibomError(f"{AIBOM_SIGNATURE_FILE}: predicateType is {predicate_type!r}")
     digest = hashlib.sha256(bom_bytes).hexdigest()
-    if len(subjects) != 1 or subjects[0].get("digest", {}).get("sha256") != digest:
+    if subject_digests != [digest]:
         raise AibomError(f"{AIBOM_SIGNATURE_FILE}: subject digest is not the BOM's sha256:{digest}")
+
+
+def verify_aibom_with_trust_store(bom_bytes: bytes, bundle_bytes: bytes, trust: TrustStore) -> str:
+    """Check ``aibom.sig`` with the key it names in ``trust`` (unknown or revoked keys refused); returns its key id.
+
+    The same key resolution as ``model.sig`` (:meth:`TrustStore.resolve`), so a
+    revoked key version stops vouching for BOMs exactly where it stops vouching
+    for models. Any problem raises :class:`AibomError`.
+    """
+    from airlock.bundle import BundleFormatError, load_bundle
+    from airlock.trust import RevokedKeyError, UnknownKeyError
+
+    try:
+        bundle = load_bundle(bundle_bytes, AIBOM_SIGNATURE_FILE)
+        keyid = bundle.signature.keyid
+    except BundleFormatError as exc:
+        raise AibomError(f"{AIBOM_SIGNATURE_FILE}: {exc}") from None
+    try:
+        key = trust.resolve(hint=bundle.hint, keyid=keyid)
+    except (UnknownKeyError, RevokedKeyError) as exc:
+        raise AibomError(f"{AIBOM_SIGNATURE_FILE}: {exc}") from None
+    verify_aibom_signature(bom_bytes, bundle_bytes, key.public_key_pem.encode())
+    return key.key_id
 

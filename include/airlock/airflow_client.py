@@ -93,6 +93,37 @@ class AirflowClient:
                 raise AirflowApiError(f"run {run_id} of {dag_id} still {run['state']} after {timeout:.0f}s")
             time.sleep(poll)
 
+    def wait_for_task(
+        self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 600.0, poll: float = 2.0
+    ) -> dict:
+        """Wait until ``task_id`` is in one of ``states``; fail early if the run ends first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ti = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+            if ti["state"] in states:
+                return ti
+            run = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in TERMINAL_RUN_STATES:
+                raise AirflowApiError(f"run {run_id} ended {run['state']} before {task_id} reached {sorted(states)}")
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"{task_id} of {run_id} still {ti['state']} after {timeout:.0f}s")
+            time.sleep(poll)
+
+    def respond(
+        self, dag_id: str, run_id: str, task_id: str, options: list[str], map_index: int = -1, settle_s: float = 5.0
+    ) -> dict:
+        """Answer a human-in-the-loop task (what a user does under Required Actions in the UI).
+
+        ``settle_s``: an answer that arrives within milliseconds of the task pausing can
+        race the executor's report of that pause (Airflow 3.3 then marks the task failed);
+        no human is that fast, so a scripted answer waits a moment first.
+        """
+        time.sleep(settle_s)
+        return self.request(
+            "PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails",
+            json={"chosen_options": options, "params_input": {}},
+        )
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 

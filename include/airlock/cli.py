@@ -20,7 +20,7 @@ EXIT_NEGATIVE = 1
 EXIT_ERROR = 2
 
 # Verb modules under airlock.commands, in the order `airlock --help` lists them.
-VERBS = ("resolve", "scan", "hash", "sign", "verify", "keys", "registry")
+VERBS = ("resolve", "scan", "hash", "sign", "verify", "pull", "keys", "registry")
 
 
 def build_parser() -> argparse.ArgumentParser:

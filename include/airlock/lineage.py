@@ -54,10 +54,21 @@ def model_event_extra(resolved: ResolvedSource, manifest: Manifest, stage: str) 
 
 def record_model_event(outlet_events, resolved: ResolvedSource, manifest: Manifest, stage: str) -> dict[str, Any]:
     """Add an event for the model's Asset through the alias; returns the event's ``extra``."""
+    return add_model_event(outlet_events, resolved, model_event_extra(resolved, manifest, stage))
+
+
+def record_promotion_event(outlet_events, resolved: ResolvedSource, promotion: dict[str, Any]) -> dict[str, Any]:
+    """The model's Asset event for a promotion: registry version, root, signature and BOM digests."""
+    keys = ("model", "version", "created", "url", "root_digest", "signature_sha256", "aibom_sha256", "plan_sha256")
+    extra = {"stage": "promote", "source": resolved.uri, "revision": resolved.revision,
+             **{k: promotion[k] for k in keys if k in promotion}}
+    return add_model_event(outlet_events, resolved, extra)
+
+
+def add_model_event(outlet_events, resolved: ResolvedSource, extra: dict[str, Any]) -> dict[str, Any]:
     from airflow.sdk import Asset
 
     asset = Asset(name=model_asset_name(resolved), uri=model_asset_uri(resolved), group=MODEL_ASSET_GROUP)
-    extra = model_event_extra(resolved, manifest, stage)
     outlet_events[model_alias()].add(asset, extra=extra)
     return extra
 

@@ -35,6 +35,7 @@ def hub_commit() -> str:
 def quarantine_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "quarantine"
     monkeypatch.setenv("AIRLOCK_QUARANTINE_ROOT", str(root))
+    monkeypatch.setenv("AIRLOCK_REGISTRY", str(tmp_path / "registry"))
     monkeypatch.delenv("AIRLOCK_QUARANTINE_KEEP_ON_FAILURE", raising=False)
     return root
 
@@ -89,20 +90,22 @@ def test_dag_test_pins_the_demo_model_to_its_commit(model_ingest, hub_commit: st
     assert files["config.json"]["lfs_sha256"] is None and len(files["config.json"]["git_sha1"]) == 40
 
 
-def test_dag_test_reaches_hash_manifest_and_tears_quarantine_down(
-    model_ingest, hub_commit: str, quarantine_root: Path, monkeypatch: pytest.MonkeyPatch
+INGEST_TASKS = [
+    "resolve_source", "prepare_quarantine", "download_to_quarantine", "verify_published_checksums",
+    "hash_manifest", "scan_model", "review_gate", "sign_model", "build_aibom", "promote", "remove_quarantine",
+]
+
+
+def test_dag_test_ingests_the_demo_model_end_to_end(
+    model_ingest, hub_commit: str, quarantine_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Keep-on-failure must not keep a successful run's files (the teardown reads the run's task states).
     monkeypatch.setenv("AIRLOCK_QUARANTINE_KEEP_ON_FAILURE", "true")
     dag_run = model_ingest.test(
-        run_conf={"source": "hf://demo/tiny-gpt2", "revision": None, "owner": "tests", "risk_tier": "high"}
+        run_conf={"source": "hf://demo/tiny-gpt2", "revision": None, "owner": "tests", "risk_tier": "medium"}
     )
-    assert dag_run.state == "success"
-    assert _states(dag_run) == dict.fromkeys(
-        ["resolve_source", "prepare_quarantine", "download_to_quarantine", "verify_published_checksums",
-         "hash_manifest", "remove_quarantine"],
-        "success",
-    )
+    assert dag_run.state == "success", _states(dag_run)
+    assert _states(dag_run) == {**dict.fromkeys(INGEST_TASKS, "success"), "approve": "skipped"}
     downloaded = _xcom(dag_run, "download_to_quarantine")
     assert downloaded["files"] == 7 and downloaded["model"]["revision"] == hub_commit
     verified = _xcom(dag_run, "verify_published_checksums")
@@ -113,16 +116,89 @@ def test_dag_test_reaches_hash_manifest_and_tears_quarantine_down(
     built = Path(require_env("AIRLOCK_STATE_DIR")) / "hub" / "models" / "demo" / "tiny-gpt2"
     assert manifest["root_digest"] == _model_signing_root_digest(built)
     assert Path(manifest["files_dir"]).is_relative_to(quarantine_root)
-    assert _asset_events(dag_run) == [
-        (
-            "airlock://models/hf/demo/tiny-gpt2",
-            {"stage": "quarantine", "source": "hf://demo/tiny-gpt2", "revision": hub_commit,
-             "root_digest": manifest["root_digest"], "files": 6, "total_bytes": manifest["total_bytes"]},
-        )
-    ]
+    assert _xcom(dag_run, "scan_model")["verdict"] == "allow"
+    signed = _xcom(dag_run, "sign_model")
+    assert signed["key_id"].startswith("airlock-model-signing:v") and signed["root_digest"] == manifest["root_digest"]
+    promoted = _xcom(dag_run, "promote")
+    version = f"rev-{hub_commit[:12]}"
+    assert (promoted["model"], promoted["version"], promoted["created"]) == ("demo/tiny-gpt2", version, True)
+    assert promoted["root_digest"] == manifest["root_digest"]
+    assert promoted["signature_sha256"] == signed["bundle_sha256"]
+    assert promoted["aibom_sha256"] == _xcom(dag_run, "build_aibom")["aibom_sha256"]
+    events = _asset_events(dag_run)
+    assert [uri for uri, _ in events] == ["airlock://models/hf/demo/tiny-gpt2"] * 2
+    assert events[0][1] == {"stage": "quarantine", "source": "hf://demo/tiny-gpt2", "revision": hub_commit,
+                            "root_digest": manifest["root_digest"], "files": 6,
+                            "total_bytes": manifest["total_bytes"]}
+    assert events[1][1]["stage"] == "promote" and events[1][1]["version"] == version
+    assert events[1][1]["signature_sha256"] == signed["bundle_sha256"]
+    _assert_promoted_copy_verifies(tmp_path / "registry", "demo/tiny-gpt2", version)
     teardown = _xcom(dag_run, "remove_quarantine")
     assert teardown["removed"] is True
     assert not Path(manifest["quarantine"]).exists()
+
+    # Ingesting the same revision again is a no-op: the version is immutable and already holds this model.
+    again = model_ingest.test(
+        run_conf={"source": "hf://demo/tiny-gpt2", "revision": hub_commit, "owner": "tests", "risk_tier": "medium"}
+    )
+    assert again.state == "success", _states(again)
+    assert _xcom(again, "promote")["created"] is False
+
+
+def _assert_promoted_copy_verifies(registry_root: Path, model: str, version: str) -> None:
+    """The stored copy verifies offline with the public keys exported from Vault, and its BOM is strict-valid."""
+    import hashlib
+    import json
+
+    from airlock.aibom import validate_aibom
+    from airlock.trust import export_from_vault
+    from airlock.vault import signer_session_from_env
+    from airlock.verify import verify_model
+
+    version_dir = registry_root / "models" / model / version
+    assert (version_dir / "RELEASED").exists()
+    trust = export_from_vault(signer_session_from_env())
+    result = verify_model(version_dir / "files", version_dir / "model.sig", trust,
+                          expected_model_name=f"{model}@{version}")
+    assert result.ok, result.reason
+    bom = json.loads((version_dir / "aibom.cdx.json").read_text())
+    validate_aibom(bom)
+    component = bom["metadata"]["component"]
+    assert component["type"] == "machine-learning-model"
+    assert component["hashes"][0]["content"] == result.root_digest
+    bom_files = {c["name"]: c["hashes"][0]["content"] for c in component["components"]}
+    stored = {f.relative_to(version_dir / "files").as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+              for f in (version_dir / "files").rglob("*") if f.is_file()}
+    assert bom_files == stored
+
+    # A serving host's pull verifies the same copy again and yields a read-only, exact replica.
+    from airlock.pull import pull
+    from airlock.registry import open_registry
+
+    dest = registry_root.parent / "serving" / "tiny-gpt2"
+    dest.parent.mkdir()
+    pulled = pull(open_registry(str(registry_root)), f"{model}@{version}", dest, trust=trust)
+    assert pulled is not None and (dest / "files" / "model.safetensors").read_bytes() == (
+        version_dir / "files" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(("source", "tier"), [("hf://demo/evil-pickle", "low"), ("hf://demo/tiny-gpt2-bin", "high")])
+def test_scan_blocks_before_anything_is_signed(model_ingest, source: str, tier: str, tmp_path: Path) -> None:
+    dag_run = model_ingest.test(run_conf={"source": source, "revision": None, "owner": "tests", "risk_tier": tier})
+    assert dag_run.state == "failed"
+    states = _states(dag_run)
+    assert states["scan_model"] == "failed"
+    assert states["sign_model"] == "upstream_failed" and states["promote"] == "upstream_failed"
+    assert states["remove_quarantine"] == "success"
+    assert not (tmp_path / "registry" / "models").exists()
+
+
+def test_pickle_weights_pass_at_medium(model_ingest, tmp_path: Path) -> None:
+    dag_run = model_ingest.test(
+        run_conf={"source": "hf://demo/tiny-gpt2-bin", "revision": None, "owner": "tests", "risk_tier": "medium"}
+    )
+    assert dag_run.state == "success", _states(dag_run)
+    assert _xcom(dag_run, "promote")["model"] == "demo/tiny-gpt2-bin"
 
 
 def test_a_tampered_hub_repo_fails_the_run_naming_the_file_and_still_tears_down(
@@ -167,8 +243,8 @@ def test_dag_test_fails_for_a_missing_repository(model_ingest) -> None:
 
 
 @pytest.mark.slow
-def test_a_real_run_through_the_airflow_api() -> None:
-    """The running `airflow standalone` parses the DAG, runs it on its LocalExecutor, and exposes the revision."""
+def test_a_real_run_through_the_airflow_api_with_human_approval() -> None:
+    """The running `airflow standalone`: tier high waits for a human, the approval (as the UI sends it) promotes."""
     from airlock.airflow_client import AirflowClient
 
     client = AirflowClient(
@@ -178,12 +254,16 @@ def test_a_real_run_through_the_airflow_api() -> None:
     client.wait_for_dag("model_ingest")
     client.unpause("model_ingest")
     run_id = client.trigger(
-        "model_ingest", {"source": "hf://demo/tiny-gpt2@main", "owner": "tests", "risk_tier": "medium"}
+        "model_ingest", {"source": "hf://demo/tiny-gpt2@main", "owner": "tests", "risk_tier": "high"}
     )
+    client.wait_for_task("model_ingest", run_id, "approve", {"awaiting_input", "deferred"}, timeout=300)
+    client.respond("model_ingest", run_id, "approve", ["Approve"])
     run = client.wait_for_run("model_ingest", run_id, timeout=300)
     assert run["state"] == "success", client.task_instances("model_ingest", run_id)
-    resolved = client.xcom("model_ingest", run_id, "resolve_source")
-    assert len(resolved["revision"]) == 40
+    promoted = client.xcom("model_ingest", run_id, "promote")
+    assert promoted["model"] == "demo/tiny-gpt2" and promoted["version"].startswith("rev-")
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances("model_ingest", run_id)}
+    assert states["approve"] == "success"
 
 
 def test_dag_test_ingests_an_s3_vendor_drop(model_ingest) -> None:
@@ -203,7 +283,8 @@ def test_dag_test_ingests_an_s3_vendor_drop(model_ingest) -> None:
     try:
         dag_run = model_ingest.test(
             run_conf={
-                "source": f"s3://{bucket}/acme/model-z", "revision": None, "owner": "tests", "risk_tier": "critical"
+                "source": f"s3://{bucket}/acme/model-z", "revision": None, "owner": "tests",
+                "risk_tier": "medium", "registry_name": "acme/model-z",
             }
         )
         assert dag_run.state == "success", _states(dag_run)

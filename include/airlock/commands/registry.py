@@ -1,5 +1,8 @@
 """``airlock registry list | show | revoke | deprecate``: read the registry and change a version's status.
 
+``show ORG/NAME@VERSION`` also lists the recorded pulls of that version (who,
+host, path, key), and ``show ORG/NAME`` has them in its history.
+
 The registry is AIRLOCK_REGISTRY (a directory, or ``s3://bucket/prefix`` with
 AIRLOCK_S3_ENDPOINT) unless ``--registry`` says otherwise. Text output is a
 table for people; ``--format json`` is for machines and is stable.
@@ -90,7 +93,8 @@ def run_show(args: argparse.Namespace) -> int:
     registry = _open(args)
     model, version = parse_reference(args.reference, version_required=False)
     if version is not None:
-        return _show_version(registry.released(model, version), args.format)
+        state = registry.model_state(model)
+        return _show_version(registry.released(model, version), state.pulls(version) if state else [], args.format)
     state = registry.model_state(model)
     if state is None:
         raise RegistryError(f"{model} has no indexed versions in {registry.url}")
@@ -107,9 +111,9 @@ def run_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _show_version(released: Any, output: str) -> int:  # released: airlock.registry.ReleasedVersion
+def _show_version(released: Any, pulls: Sequence[Any], output: str) -> int:  # ReleasedVersion, [PulledEvent]
     if output == "json":
-        _print_json(released.to_json_dict())
+        _print_json({**released.to_json_dict(), "pulls": [p.model_dump(mode="json", by_alias=True) for p in pulls]})
         return EXIT_OK
     state = released.state
     print(f"{released.model}@{released.version}  {released.status}"
@@ -129,13 +133,19 @@ def _show_version(released: Any, output: str) -> int:  # released: airlock.regis
     print()
     print(_table(("OBJECT", "ROLE", "BYTES", "SHA256"),
                  [[o.key, o.role, str(o.size), o.sha256] for o in released.plan.objects]))
+    print()
+    # Where verified copies were deployed (airlock pull): what incident response needs after a revocation.
+    print(_table(("PULLED", "BY", "HOST", "DEST", "KEY"),
+                 [[_when(p.at), p.actor, p.host, p.dest, p.key_id] for p in pulls]) if pulls else "pulls: none recorded")
     return EXIT_OK
 
 
-def _describe_event(event: Any) -> str:  # event: PromotedEvent | StatusEvent
+def _describe_event(event: Any) -> str:  # event: PromotedEvent | StatusEvent | PulledEvent
     head = f"#{event.seq} {_when(event.at)} {event.kind} {event.version} by {event.actor}"
     if event.kind == "promoted":
         return f"{head} (owner {event.owner}, tier {event.risk_tier}, approver {event.approver})"
+    if event.kind == "pulled":
+        return f"{head} to {event.host}:{event.dest} (root sha256:{event.root_digest}, key {event.key_id})"
     return f"{head}: {event.reason}"
 
 

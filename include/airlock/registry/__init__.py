@@ -16,10 +16,11 @@ from airlock.registry.base import (
     VersionConflictError,
     VersionNotFoundError,
     parse_reference,
+    signed_subject_name,
 )
 from airlock.registry.core import Registry, ReleasedVersion, open_registry
 from airlock.registry.filesystem import FilesystemStore
-from airlock.registry.index import ModelState, PromotedEvent, Status, StatusEvent, VersionState
+from airlock.registry.index import ModelState, PromotedEvent, PulledEvent, Status, StatusEvent, VersionState
 from airlock.registry.promotion import PromotionPlan, PromotionRequest, PromotionResult, ReleasedRecord
 from airlock.registry.s3 import Retention, S3Store
 
@@ -33,6 +34,7 @@ __all__ = [
     "PromotionPlan",
     "PromotionRequest",
     "PromotionResult",
+    "PulledEvent",
     "Registry",
     "RegistryError",
     "RegistryIndexError",
@@ -49,4 +51,5 @@ __all__ = [
     "VersionState",
     "open_registry",
     "parse_reference",
+    "signed_subject_name",
 ]

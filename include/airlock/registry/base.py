@@ -5,7 +5,7 @@ the registry root) with exactly one way to write, :meth:`ObjectStore.put_if_abse
 There is no overwrite and no delete anywhere in the protocol, so nothing a
 backend has stored can be lost or changed through Airlock. Promotion, the index
 and the readers are written once against this protocol; the filesystem and S3
-backends only implement the five primitives.
+backends only implement its primitives.
 
 Layout (ARCHITECTURE.md), identical on every backend::
 
@@ -17,9 +17,20 @@ Layout (ARCHITECTURE.md), identical on every backend::
     models/<org>/<name>/<version>/reports/*.json     scan, eval, fingerprint baseline
     models/<org>/<name>/<version>/RELEASED           written last: the commit point
     index/<org>/<name>/events/<seq>.json             append-only status history, one object per event
+    trust/trust.pem                                  the trust store pulls use when given none (optional)
 
 ``promotion.json`` is not in ARCHITECTURE.md's sketch; it is what makes
 "exactly one concurrent promotion wins" true (see :mod:`airlock.registry.promotion`).
+
+``trust/trust.pem`` is the ``airlock keys export`` file, published there by the
+key administrator with the storage's own tools (it must be replaceable, for
+rotation and revocation, so Airlock's put-if-absent never writes it). Serving
+hosts that are handed a trust store out of band (``airlock pull --trust-store``)
+do not read it.
+
+Signature subjects: the ``model.sig`` of ``<org>/<name>@<version>`` signs the
+subject name :func:`signed_subject_name` returns (``org/name@version``), so a
+bundle cannot be replayed under another version of the same model.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from airlock.errors import AirlockError
 
@@ -114,6 +125,11 @@ def parse_reference(value: str, *, version_required: bool) -> tuple[ModelName, s
     return model, check_version(version)
 
 
+def signed_subject_name(model: ModelName, version: str) -> str:
+    """The in-toto subject name ``model.sig`` must carry for ``model@version`` (sign with it; pull expects it)."""
+    return f"{model}@{check_version(version)}"
+
+
 def check_sha256(value: str, what: str) -> str:
     if not SHA256_HEX.match(value):
         raise RegistryError(f"{what}: {value!r} is not a sha256 (64 lowercase hex characters)")
@@ -133,6 +149,7 @@ class Layout:
     AIBOM_SIGNATURE = "aibom.sig"
     FILES = "files/"
     REPORTS = "reports/"
+    TRUST_STORE = "trust/trust.pem"  # at the registry root, not per version
 
     @staticmethod
     def model_prefix(model: ModelName) -> str:
@@ -185,6 +202,15 @@ class ObjectStore(Protocol):
 
     def read(self, key: str, max_bytes: int = MAX_CONTROL_OBJECT_BYTES) -> bytes | None:
         """A small object's bytes, or None when absent; larger than ``max_bytes`` is an error."""
+        ...
+
+    def open_object(self, key: str) -> BinaryIO | None:
+        """A stream of the stored bytes of ``key`` (any size; the caller closes it), or None when absent.
+
+        Nothing is checked here: callers hash what they read and compare it with
+        the plan. A backend that notices damage while streaming raises
+        :class:`StoredObjectError` naming the key.
+        """
         ...
 
     def list_keys(self, prefix: str) -> list[str]:

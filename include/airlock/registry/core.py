@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airlock.registry.base import (
     Layout,
@@ -36,6 +36,9 @@ from airlock.registry.promotion import (
     promote,
 )
 from airlock.registry.s3 import Retention, S3Store, parse_s3_url
+
+if TYPE_CHECKING:
+    from airlock.trust import TrustStore
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,24 @@ class Registry:
             if state is not None:
                 rows.extend(state.versions)
         return rows
+
+    def trust_store(self) -> TrustStore | None:
+        """The trust store published at ``trust/trust.pem`` (see :mod:`airlock.registry.base`); None if there is none.
+
+        A file that is there but unreadable or malformed raises
+        :class:`~airlock.trust.TrustStoreError`: it is never treated as absent.
+        """
+        from airlock.trust import TrustStore, TrustStoreError
+
+        data = self.store.read(Layout.TRUST_STORE)
+        if data is None:
+            return None
+        source = self.store.object_url(Layout.TRUST_STORE)
+        try:
+            text = data.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise TrustStoreError(f"cannot read trust store {source}: {exc}") from None
+        return TrustStore.parse(text, source=source)
 
     def verify_version(self, model: str | ModelName, version: str) -> ReleasedVersion:
         """Re-confirm every stored object of a released version against its plan; raises on the first mismatch."""

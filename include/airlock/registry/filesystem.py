@@ -17,6 +17,7 @@ import os
 import stat
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from airlock.registry.base import (
     MAX_CONTROL_OBJECT_BYTES,
@@ -119,6 +120,12 @@ class FilesystemStore:
         if len(data) > max_bytes:
             raise RegistryError(f"{path}: larger than {max_bytes} bytes; not a registry control object")
         return data
+
+    def open_object(self, key: str) -> BinaryIO | None:
+        try:
+            return _open_regular(self._path(key))
+        except FileNotFoundError:
+            return None
 
     def list_keys(self, prefix: str) -> list[str]:
         base = self._path(prefix.rstrip("/")) if prefix else self.root

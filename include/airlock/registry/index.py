@@ -11,6 +11,10 @@ concurrency: serializable without a lock service).
 
 Statuses: ``approved`` (on promotion) -> ``deprecated`` -> ``revoked``;
 ``approved`` -> ``revoked``. Revoked is final: a revoked model stays revoked.
+
+``pulled`` events record deployments (``airlock pull``: who, which host and
+path, which root digest) for incident response. They never change a status,
+and a revoked version cannot be recorded as pulled.
 """
 
 from __future__ import annotations
@@ -71,7 +75,18 @@ class StatusEvent(_Event):
     reason: str = Field(min_length=1)
 
 
-IndexEvent = Annotated[PromotedEvent | StatusEvent, Field(discriminator="kind")]
+class PulledEvent(_Event):
+    """A verified copy of a version was placed on a host (``airlock pull``); the status is unchanged."""
+
+    kind: Literal["pulled"] = "pulled"
+    root_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    key_id: str = Field(min_length=1, description="the trust-store key that signed the pulled copy")
+    host: str = Field(min_length=1)
+    dest: str = Field(min_length=1, description="absolute path of the copy on ``host``")
+
+
+AnyEvent = PromotedEvent | StatusEvent | PulledEvent
+IndexEvent = Annotated[AnyEvent, Field(discriminator="kind")]
 _EVENT = TypeAdapter(IndexEvent)
 
 
@@ -102,6 +117,10 @@ class ModelState(_Frozen):
     def version(self, version: str) -> VersionState | None:
         return next((v for v in self.versions if v.version == version), None)
 
+    def pulls(self, version: str | None = None) -> list[PulledEvent]:
+        """Every recorded pull (of ``version``), oldest first: where each copy went, for incident response."""
+        return [e for e in self.history if isinstance(e, PulledEvent) and version in (None, e.version)]
+
     def to_json_dict(self) -> dict:
         return self.model_dump(mode="json", by_alias=True)
 
@@ -115,9 +134,12 @@ _ALLOWED: dict[str, set[Status | None]] = {
 }
 
 
-def apply_event(versions: dict[str, VersionState], event: PromotedEvent | StatusEvent) -> None:
+def apply_event(versions: dict[str, VersionState], event: AnyEvent) -> None:
     """Apply one event to ``versions`` in place; a change the current status does not allow raises."""
     current = versions.get(event.version)
+    if isinstance(event, PulledEvent):
+        _check_pull(current, event)
+        return  # a deployment record: the status (and everything else) stays as it is
     if isinstance(event, PromotedEvent):
         if current is not None:
             raise RegistryIndexError(f"{event.model}@{event.version} is already in the index ({current.status})")
@@ -139,7 +161,18 @@ def apply_event(versions: dict[str, VersionState], event: PromotedEvent | Status
     })
 
 
-def fold(model: ModelName, events: list[PromotedEvent | StatusEvent]) -> ModelState | None:
+def _check_pull(current: VersionState | None, event: PulledEvent) -> None:
+    where = f"{event.model}@{event.version}"
+    if current is None:
+        raise RegistryIndexError(f"{where} is not in the index; it cannot be recorded as pulled")
+    if current.status is Status.REVOKED:
+        raise RegistryIndexError(f"{where} is revoked ({current.reason}); it cannot be recorded as pulled")
+    if current.root_digest is not None and current.root_digest != event.root_digest:
+        raise RegistryIndexError(f"{where}: pulled root sha256:{event.root_digest} is not the promoted "
+                                 f"sha256:{current.root_digest}")
+
+
+def fold(model: ModelName, events: list[AnyEvent]) -> ModelState | None:
     """The state the events lead to; a history that breaks the rules is reported as damage, never skipped."""
     if not events:
         return None
@@ -151,13 +184,15 @@ def fold(model: ModelName, events: list[PromotedEvent | StatusEvent]) -> ModelSt
             raise RegistryIndexError(f"index of {model} is damaged at event {event.seq}: {exc}") from None
     promoted = [e for e in events if isinstance(e, PromotedEvent)]
     latest = promoted[-1] if promoted else None
+    # A pull reads the model; it does not change it, so it does not move updated_at.
+    changes = [e for e in events if not isinstance(e, PulledEvent)] or events
     ordered = sorted(versions.values(), key=lambda v: (v.promoted_at or v.updated_at, v.version))
     return ModelState(
         model=str(model),
         owner=latest.owner if latest else None,
         risk_tier=latest.risk_tier if latest else None,
         created_at=events[0].at,
-        updated_at=events[-1].at,
+        updated_at=changes[-1].at,
         versions=tuple(ordered),
         history=tuple(events),
     )
@@ -165,7 +200,7 @@ def fold(model: ModelName, events: list[PromotedEvent | StatusEvent]) -> ModelSt
 
 # --------------------------------------------------------------------------- the log
 
-EventFactory = Callable[[ModelState | None, int, datetime], PromotedEvent | StatusEvent | None]
+EventFactory = Callable[[ModelState | None, int, datetime], AnyEvent | None]
 
 
 class Index:
@@ -182,10 +217,10 @@ class Index:
                 found.append(ModelName.parse(f"{org}/{name}"))
         return sorted(found)
 
-    def events(self, model: ModelName) -> list[PromotedEvent | StatusEvent]:
+    def events(self, model: ModelName) -> list[AnyEvent]:
         """Every event of ``model`` in order; a gap, a misnumbered or a foreign event is damage (raises)."""
         prefix = Layout.index_prefix(model)
-        events: list[PromotedEvent | StatusEvent] = []
+        events: list[AnyEvent] = []
         for position, key in enumerate(self.store.list_keys(prefix)):
             if key != Layout.event_key(model, position):
                 raise RegistryIndexError(f"index of {model} is damaged: expected {Layout.event_key(model, position)}, "
@@ -193,7 +228,7 @@ class Index:
             events.append(self._load(model, key, position))
         return events
 
-    def _load(self, model: ModelName, key: str, position: int) -> PromotedEvent | StatusEvent:
+    def _load(self, model: ModelName, key: str, position: int) -> AnyEvent:
         data = self.store.read(key)
         if data is None:
             raise RegistryIndexError(f"{self.store.object_url(key)}: listed but unreadable")
@@ -211,7 +246,7 @@ class Index:
     def state(self, model: ModelName) -> ModelState | None:
         return fold(model, self.events(model))
 
-    def append(self, model: ModelName, make: EventFactory) -> PromotedEvent | StatusEvent | None:
+    def append(self, model: ModelName, make: EventFactory) -> AnyEvent | None:
         """Append the event ``make(state, seq, now)`` returns (None: nothing to do), re-checked on every race."""
         for _ in range(_APPEND_ATTEMPTS):
             events = self.events(model)

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
 
 from airlock.registry.base import (
@@ -332,6 +332,17 @@ class S3Store:
             raise StoredObjectError(f"{self.object_url(key)}: stored bytes do not match the server's checksum "
                                     f"({exc})") from None
 
+    def open_object(self, key: str) -> BinaryIO | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise RegistryError(f"{self.object_url(key)}: cannot read ({_code(exc)})") from None
+        return io.BufferedReader(_CheckedBody(response["Body"], self.object_url(key)), buffer_size=_READ_CHUNK)
+
     def list_keys(self, prefix: str) -> list[str]:
         keys = []
         for page in self._pages(prefix, delimiter=None):
@@ -370,6 +381,39 @@ class S3Store:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+class _CheckedBody(io.RawIOBase):
+    """A GET body as a binary stream; botocore's streaming checksum failure becomes a StoredObjectError."""
+
+    def __init__(self, body: Any, url: str) -> None:
+        super().__init__()
+        self._body = body
+        self._url = url
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        from botocore.exceptions import BotoCoreError, FlexibleChecksumError
+
+        try:
+            return self._body.read(None if size is None or size < 0 else size)
+        except FlexibleChecksumError as exc:
+            # botocore checks the bytes against the checksum the server reports as they stream by.
+            raise StoredObjectError(f"{self._url}: stored bytes do not match the server's checksum ({exc})") from None
+        except BotoCoreError as exc:  # the connection dropped or timed out mid-object
+            raise RegistryError(f"{self._url}: reading failed ({exc})") from None
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
 
 
 def _b64(sha256_hex: str) -> str:
