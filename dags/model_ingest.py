@@ -211,6 +211,7 @@ def model_ingest():
             hub=hub_access() if source.kind == "hf" else None,
             s3=s3_access() if source.kind == "s3" else None,
         )
+        started_at = pendulum.now("UTC").isoformat()
         with _verdicts_fail_fast():
             preflight(source, policy_for(params["risk_tier"]), area)  # free space may have changed since setup
             result = download(
@@ -221,7 +222,8 @@ def model_ingest():
             source.uri, source.revision, result.files, result.bytes, result.seconds,
             result.fetched, result.resumed, result.already_present,
         )
-        return download_summary(source, area, result)
+        return {**download_summary(source, area, result), "started_at": started_at,
+                "ended_at": pendulum.now("UTC").isoformat()}
 
     @task(task_id="verify_published_checksums")
     def verify_published_checksums(resolved: dict, downloaded: dict, params: dict | None = None) -> dict:
@@ -340,7 +342,7 @@ def model_ingest():
 
     @task(task_id="build_aibom")
     def build_aibom(
-        resolved: dict, hashed: dict, scanned: dict, signed: dict, params: dict | None = None,
+        resolved: dict, downloaded: dict, hashed: dict, scanned: dict, signed: dict, params: dict | None = None,
         run_id: str | None = None,
     ) -> dict:
         """The CycloneDX 1.6 AI-BOM of this ingestion (validated strictly), signed like the model."""
@@ -361,7 +363,7 @@ def model_ingest():
             registry = open_configured_registry(lambda: s3_access().client())
             return build_quarantine_aibom(
                 area, target,
-                stages=ingest_stage_records(source.kind, scanned, signed, run_id),
+                stages=ingest_stage_records(source.kind, downloaded, scanned, signed, run_id),
                 run_id=run_id,
                 registry_url=registry.version_url(target.model, target.version),
                 signer=VaultTransitSigner.from_airflow_connection(),
@@ -396,6 +398,7 @@ def model_ingest():
                     approver=approver_of(ti.xcom_pull(task_ids="approve"), params["risk_tier"]),
                     actor=f"airflow:model_ingest/{ti.run_id}",
                 )
+            promotion = {**promotion, "key_id": signed["key_id"]}
         record_promotion_event(outlet_events, source, promotion)
         return promotion
 
@@ -409,7 +412,7 @@ def model_ingest():
     signed = sign_model(resolved, manifest)
     gate >> [approve, signed]
     approve >> signed
-    bom = build_aibom(resolved, manifest, scanned, signed)
+    bom = build_aibom(resolved, downloaded, manifest, scanned, signed)
     promoted = promote(resolved, manifest, signed, bom)
     # prepare_quarantine is the setup, so the teardown runs whenever the directory was created,
     # whatever fails after it.

@@ -8,6 +8,7 @@ end as expected.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -32,11 +33,15 @@ class DemoCase:
     expected_state: str
     why: str
     stops_at: str | None = None  # the task expected to fail
+    derivation: str | None = None  # derivation record the demo hub builder wrote, relative to <state>/hub/models
 
 
 CASES = (
     DemoCase("hf://demo/tiny-gpt2", "high", "success",
              "a clean safetensors model; tier high needs a human's approval, given here through the API"),
+    DemoCase("hf://demo/tiny-gpt2-fp16", "medium", "success",
+             "an fp16 cast of tiny-gpt2 with its derivation record: the AI-BOM's pedigree names the parent",
+             derivation="demo/tiny-gpt2-fp16.derivation.json"),
     DemoCase("hf://demo/tiny-gpt2-bin", "medium", "success", "pickle weights, all allowlisted: fine at medium"),
     DemoCase("hf://demo/tiny-gpt2-bin", "high", "failed", "the same pickle weights are refused at high",
              stops_at="scan_model"),
@@ -49,6 +54,9 @@ CASES = (
 
 def run_case(client: AirflowClient, case: DemoCase) -> tuple[bool, dict | None]:
     conf = {"source": case.source, "revision": None, "owner": "ml-platform", "risk_tier": case.risk_tier}
+    if case.derivation:
+        state = Path(os.environ.get("AIRLOCK_STATE_DIR", ".airlock"))
+        conf["derivation"] = json.loads((state / "hub" / "models" / case.derivation).read_text())
     run_id = client.trigger(DAG_ID, conf, note=f"make demo: {case.why}")
     print(f"\n▶ {case.source} (tier {case.risk_tier}): {case.why}\n  run {run_id}")
     if case.risk_tier in ("high", "critical") and case.expected_state == "success":

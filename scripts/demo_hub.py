@@ -83,6 +83,7 @@ from types import ModuleType
 
 BRANCH = "main"
 TAMPERED_LFS = "demo/tampered-lfs"
+DERIVED_FP16 = "demo/tiny-gpt2-fp16"  # the fp16 cast of demo/tiny-gpt2 (scripts/demo_derived.py)
 TAMPERED_FILE = "model.safetensors"
 LFS_POINTER_VERSION = "https://git-lfs.github.com/spec/v1"
 
@@ -281,16 +282,20 @@ def publish_repo(
 # --------------------------------------------------------------------------- build
 
 
-def _load_demo_models() -> ModuleType:
-    """Import the sibling ``demo_models.py`` by path, so this works as a script or loaded by path in tests."""
-    if "demo_models" in sys.modules:
-        return sys.modules["demo_models"]
-    spec = importlib.util.spec_from_file_location("demo_models", Path(__file__).resolve().with_name("demo_models.py"))
+def _load_script(name: str) -> ModuleType:
+    """Import a sibling script by path, so this works as a script or loaded by path in tests."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name(f"{name}.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["demo_models"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _load_demo_models() -> ModuleType:
+    return _load_script("demo_models")
 
 
 TAMPERED_CARD = f"""---
@@ -339,6 +344,9 @@ def build_hub(root: Path) -> dict[str, str]:
     commits[TAMPERED_LFS] = publish_repo(
         tampered, repo_git_dir(root, TAMPERED_LFS), TAMPERED_LFS, alter=flip_lfs_byte
     )
+    demo_derived = _load_script("demo_derived")
+    derived_dir, _record = demo_derived.build_fp16(built[demo_models.TINY_GPT2], models_dir(root))
+    commits[DERIVED_FP16] = publish_repo(derived_dir, repo_git_dir(root, DERIVED_FP16), DERIVED_FP16)
     index = {repo_id: {"commit": sha, "path": str(repo_git_dir(root, repo_id))} for repo_id, sha in commits.items()}
     index_path(root).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     for sub in ("olah-cache", "logs"):

@@ -402,7 +402,7 @@ def ensure_olah_venv(state: State) -> Path:
 
 def build_demo_hub(state: State) -> None:
     """(Re)build the demo git+LFS repos when the builder or its data changed; the build is deterministic."""
-    inputs = [REPO / "scripts" / "demo_models.py", REPO / "scripts" / "demo_hub.py",
+    inputs = [REPO / "scripts" / "demo_models.py", REPO / "scripts" / "demo_hub.py", REPO / "scripts" / "demo_derived.py",
               *sorted((REPO / "scripts" / "demo_data").rglob("*"))]
     inputs = [p for p in inputs if p.is_file()]
     stamp = state.hub_root / ".airlock-build.sha256"

@@ -146,15 +146,24 @@ def approver_of(approval: dict[str, Any] | None, tier: str) -> str:
     return f"{name} ({user_id})" if name and user_id and name != user_id else str(name or user_id)
 
 
+_DOWNLOAD_TOOLS = {"hf": "huggingface_hub", "s3": "boto3"}
+
+
 def ingest_stage_records(
-    source_kind: str, scanned: dict[str, Any], signed: dict[str, Any], run_id: str
+    source_kind: str, downloaded: dict[str, Any], scanned: dict[str, Any], signed: dict[str, Any], run_id: str
 ) -> list[dict[str, Any]]:
-    """Formulation tasks for the stages that recorded their own start and end (StageRecord dicts)."""
+    """Formulation tasks for the stages of this ingestion, each with the start and end it recorded."""
     from importlib.metadata import version
 
     from airlock import __version__
 
+    download_tool = _DOWNLOAD_TOOLS.get(source_kind)
     records = [
+        {"stage": "download", "tool": f"airlock-quarantine ({download_tool or 'local copy'})",
+         "tool_version": f"{__version__}" + (f" / {download_tool} {version(download_tool)}" if download_tool else ""),
+         "parameters": {"files": downloaded["files"], "bytes": downloaded["bytes"],
+                        "revision": downloaded["model"]["revision"]},
+         "started_at": downloaded["started_at"], "ended_at": downloaded["ended_at"], "run_id": run_id},
         {"stage": "scan", "tool": "airlock-scan", "tool_version": __version__,
          "parameters": {"tier": scanned["tier"], "picklescan": version("picklescan"),
                         "report_sha256": scanned["report_sha256"]},

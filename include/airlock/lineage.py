@@ -59,7 +59,8 @@ def record_model_event(outlet_events, resolved: ResolvedSource, manifest: Manife
 
 def record_promotion_event(outlet_events, resolved: ResolvedSource, promotion: dict[str, Any]) -> dict[str, Any]:
     """The model's Asset event for a promotion: registry version, root, signature and BOM digests."""
-    keys = ("model", "version", "created", "url", "root_digest", "signature_sha256", "aibom_sha256", "plan_sha256")
+    keys = ("model", "version", "created", "url", "root_digest", "signature_sha256", "key_id", "aibom_sha256",
+            "plan_sha256")
     extra = {"stage": "promote", "source": resolved.uri, "revision": resolved.revision,
              **{k: promotion[k] for k in keys if k in promotion}}
     return add_model_event(outlet_events, resolved, extra)

@@ -182,6 +182,33 @@ def _assert_promoted_copy_verifies(registry_root: Path, model: str, version: str
         version_dir / "files" / "model.safetensors").read_bytes()
 
 
+def test_a_derived_model_bom_points_at_its_parent_in_the_registry(model_ingest, tmp_path: Path) -> None:
+    """demo/tiny-gpt2-fp16 with its derivation record: pedigree names the parent's registry version and digest."""
+    import json
+
+    parent = model_ingest.test(
+        run_conf={"source": "hf://demo/tiny-gpt2", "revision": None, "owner": "tests", "risk_tier": "medium"}
+    )
+    assert parent.state == "success", _states(parent)
+    parent_promoted = _xcom(parent, "promote")
+    record_file = Path(require_env("AIRLOCK_STATE_DIR")) / "hub" / "models" / "demo" / "tiny-gpt2-fp16.derivation.json"
+    derived = model_ingest.test(run_conf={
+        "source": "hf://demo/tiny-gpt2-fp16", "revision": None, "owner": "tests", "risk_tier": "medium",
+        "derivation": json.loads(record_file.read_text()),
+    })
+    assert derived.state == "success", _states(derived)
+    promoted = _xcom(derived, "promote")
+    version_dir = tmp_path / "registry" / "models" / "demo" / "tiny-gpt2-fp16" / promoted["version"]
+    bom = json.loads((version_dir / "aibom.cdx.json").read_text())
+    (ancestor,) = bom["metadata"]["component"]["pedigree"]["ancestors"]
+    assert ancestor["hashes"][0]["content"] == parent_promoted["root_digest"]
+    properties = {p["name"]: p["value"] for p in ancestor["properties"]}
+    assert properties["airlock:registry:version"] == parent_promoted["version"]
+    assert properties["airlock:registry:model"] == "demo/tiny-gpt2"
+    tasks = {w["bom-ref"].rsplit(":", 1)[-1]: [t["name"] for t in w["tasks"]] for w in bom["formulation"][0]["workflows"]}
+    assert tasks == {"ingest": ["download", "scan", "sign", "promote"], "derivation": ["conversion: dtype-cast"]}
+
+
 @pytest.mark.parametrize(("source", "tier"), [("hf://demo/evil-pickle", "low"), ("hf://demo/tiny-gpt2-bin", "high")])
 def test_scan_blocks_before_anything_is_signed(model_ingest, source: str, tier: str, tmp_path: Path) -> None:
     dag_run = model_ingest.test(run_conf={"source": source, "revision": None, "owner": "tests", "risk_tier": tier})
