@@ -9,7 +9,7 @@ INSTALL_STAMP := $(VENV)/.airlock-installed
 STACK := $(PY) scripts/stack.py
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps stack-up stack-down stack-status demo test test-fast bench lock clean
+.PHONY: help install system-deps stack-up stack-down stack-status demo test test-fast lint bench lock clean
 
 help:
 	@echo "make demo        set up, start the local stack and Airflow, ingest the demo models"
@@ -17,7 +17,8 @@ help:
 	@echo "make test-fast   unit + DAG tests only (no services, no slow cases)"
 	@echo "make install     create .venv with the pinned set and the project (editable)"
 	@echo "make stack-up | stack-down | stack-status"
-	@echo "make bench       DAG parse-time benchmark"
+	@echo "make lint        unused imports, undefined names, syntax errors (ruff)"
+	@echo "make bench       DAG parse time, hashing, scanning and verification benchmarks"
 	@echo "make lock        re-resolve requirements.in into requirements.txt"
 
 # Debian packages the stack and tests need (git-lfs for the demo hub's LFS repos).
@@ -53,7 +54,7 @@ demo: stack-up
 	set -a && . $(STATE_DIR)/env && set +a && $(PY) scripts/demo.py
 
 # The stack comes down even when tests fail; the exit status is pytest's.
-test: install
+test: install lint
 	@trap '$(STACK) down' EXIT; \
 	$(STACK) up && \
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -61,8 +62,15 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
+# Pyflakes-level checks (unused imports, undefined names, syntax): cheap, and part of `make test`.
+lint: install
+	$(VENV)/bin/ruff check --select F,E9 include dags plugins scripts tests bench
+
 bench: install
 	$(PY) bench/dag_parse_bench.py
+	$(PY) bench/hash_bench.py
+	$(PY) bench/scan_bench.py
+	$(PY) bench/verify_bench.py
 
 lock:
 	rm -rf $(STATE_DIR)/lock-venv && $(PYTHON) -m venv $(STATE_DIR)/lock-venv

@@ -31,20 +31,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from airlock import __version__
 from airlock.errors import AirlockError
+from airlock.fsutil import FileEntry, atomic_write
 
 if TYPE_CHECKING:
     from cyclonedx.model.component import Component
@@ -69,19 +68,6 @@ Scalar = str | int | float | bool
 
 class AibomError(AirlockError):
     """The AI-BOM cannot be built or is invalid; the message names the file, field or schema path."""
-
-
-class FileEntry(Protocol):
-    """A manifest file (:class:`airlock.manifest.ManifestFile` is one)."""
-
-    @property
-    def path(self) -> str: ...
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def sha256(self) -> str: ...
 
 
 class _Frozen(BaseModel):
@@ -622,17 +608,7 @@ def write_aibom(inputs: AibomInputs, path: Path) -> WrittenAibom:
     document = build_aibom(inputs)
     data = serialize_aibom(document)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
     return WrittenAibom(path, hashlib.sha256(data).hexdigest(), document)
 
 

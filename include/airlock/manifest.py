@@ -27,13 +27,14 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from airlock.errors import IntegrityError, ManifestError
+from airlock.fsutil import run_all
 
 MANIFEST_SCHEMA = "airlock.manifest/v1"
 DIGESTS_SCHEMA = "airlock.digests/v1"
@@ -192,13 +193,7 @@ def hash_files(
         futures: list[Future[FileDigest]] = [
             pool.submit(hash_file, root / relative, relative, git_sha1=want_sha1(relative)) for relative, _ in ordered
         ]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        for future in done:
-            if (error := future.exception()) is not None:
-                raise error
-        digests = [future.result() for future in futures]
+        digests = run_all(futures)
     expected = dict(files)
     changed = [d.path for d in digests if d.size != expected[d.path]]
     if changed:

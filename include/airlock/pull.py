@@ -37,12 +37,13 @@ import shutil
 import socket
 import stat
 import uuid
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from airlock.errors import AirlockError
+from airlock.fsutil import run_all
 from airlock.registry import (
     Layout,
     ModelName,
@@ -252,14 +253,8 @@ def _fetch_all(registry: Registry, model: ModelName, version: str, objects: tupl
     for _, path in targets:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, registry.workers), thread_name_prefix="airlock-pull") as pool:
-        futures = [pool.submit(_fetch_one, registry, Layout.key(model, version, obj.key), obj, path)
-                   for obj, path in targets]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        for future in done:
-            if (error := future.exception()) is not None:
-                raise error
+        run_all([pool.submit(_fetch_one, registry, Layout.key(model, version, obj.key), obj, path)
+                 for obj, path in targets])
 
 
 def _fetch_one(registry: Registry, store_key: str, obj: PlannedObject, path: Path) -> None:

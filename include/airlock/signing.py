@@ -22,8 +22,6 @@ Signers:
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +46,7 @@ from airlock.bundle import (
     sorted_digests,
 )
 from airlock.errors import AirlockError
+from airlock.fsutil import atomic_write
 
 if TYPE_CHECKING:
     from airlock.manifest import Manifest
@@ -232,18 +231,7 @@ def _relative_inside(path: Path, directory: Path) -> str | None:
 
 def write_bundle(data: bytes, path: Path) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + rename in the same directory)."""
-    path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        atomic_write(Path(path), data)
     except OSError as exc:
-        raise SigningError(f"cannot write bundle {path}: {exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise SigningError(f"cannot write bundle {path}: {exc.strerror or exc}") from None

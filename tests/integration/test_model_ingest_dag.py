@@ -16,8 +16,9 @@ from tests.conftest import require_env
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def model_ingest(airflow_db):
+    """A freshly parsed DAG per test: dag.test() leaves a run's conf in the DAG object's params."""
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(REPO / "dags" / "model_ingest.py")).dags["model_ingest"]

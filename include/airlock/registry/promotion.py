@@ -26,15 +26,16 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from airlock.fsutil import FileEntry, run_all
 from airlock.manifest import root_digest_of_pairs
 from airlock.policy import RiskTier, policy_for
 from airlock.registry.base import (
@@ -59,19 +60,6 @@ Role = Literal["file", "signature", "aibom", "aibom-signature", "report"]
 _ROLE_ORDER: tuple[Role, ...] = ("file", "signature", "aibom", "aibom-signature", "report")
 _REPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json$")
 _HASH_CHUNK = 1 << 20
-
-
-class FileEntry(Protocol):
-    """A manifest file as promotion needs it; :class:`airlock.manifest.ManifestFile` is one."""
-
-    @property
-    def path(self) -> str: ...
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def sha256(self) -> str: ...
 
 
 # --------------------------------------------------------------------------- stored records
@@ -405,13 +393,7 @@ def _upload_all(store: ObjectStore, model: ModelName, version: str, plan: Promot
             )
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="airlock-promote") as pool:
-        futures = [pool.submit(one, obj) for obj in plan.objects]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        for future in done:
-            if (error := future.exception()) is not None:
-                raise error
+        run_all([pool.submit(one, obj) for obj in plan.objects])
 
 
 def _release(store: ObjectStore, model: ModelName, version: str, plan: PromotionPlan, plan_sha256: str,
