@@ -294,6 +294,30 @@ def test_a_real_run_through_the_airflow_api_with_human_approval() -> None:
     assert states["approve"] == "success"
 
 
+@pytest.mark.slow
+def test_a_rejected_model_fails_the_run_and_is_never_signed() -> None:
+    from airlock.airflow_client import AirflowClient
+
+    client = AirflowClient(
+        require_env("AIRLOCK_AIRFLOW_URL"), "admin", os.environ.get("AIRLOCK_AIRFLOW_ADMIN_PASSWORD", "airlock")
+    )
+    client.wait_for_dag("model_ingest")
+    client.unpause("model_ingest")
+    run_id = client.trigger(
+        "model_ingest", {"source": "hf://demo/remote-code", "owner": "tests", "risk_tier": "medium"}
+    )
+    # remote code at tier medium is flagged, not blocked: it needs a human, who says no.
+    client.wait_for_task("model_ingest", run_id, "approve", {"awaiting_input", "deferred"}, timeout=300)
+    assert client.xcom("model_ingest", run_id, "scan_model")["requires_approval"] is True
+    client.respond("model_ingest", run_id, "approve", ["Reject"])
+    run = client.wait_for_run("model_ingest", run_id, timeout=300)
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances("model_ingest", run_id)}
+    assert run["state"] == "failed"
+    assert states["approve"] == "failed"
+    assert states["sign_model"] in {"upstream_failed", "skipped"} and states["promote"] in {"upstream_failed", "skipped"}
+    assert states["remove_quarantine"] == "success"
+
+
 def test_dag_test_ingests_an_s3_vendor_drop(model_ingest) -> None:
     """The S3 path through the DAG: credentials from the environment (no airlock_s3 connection in tests)."""
     import hashlib
