@@ -319,11 +319,17 @@ def model_ingest():
     )
 
     @task(task_id="sign_model", trigger_rule="none_failed_min_one_success")
-    def sign_model(resolved: dict, hashed: dict, params: dict | None = None) -> dict:
+    def sign_model(resolved: dict, hashed: dict, scanned: dict, params: dict | None = None, ti=None) -> dict:
         """Sign the manifest in Vault Transit; a revision already released with the same digest is a no-op."""
         from airlock.config import load_settings
         from airlock.connections import s3_access
-        from airlock.ingest import already_released, open_configured_registry, registry_target, sign_quarantine
+        from airlock.ingest import (
+            already_released,
+            approver_of,
+            open_configured_registry,
+            registry_target,
+            sign_quarantine,
+        )
         from airlock.quarantine import QuarantineArea
         from airlock.signing import VaultTransitSigner
         from airlock.sources import ResolvedSource
@@ -332,13 +338,14 @@ def model_ingest():
         source = ResolvedSource.model_validate(resolved)
         area = QuarantineArea.at(load_settings().quarantine_root, hashed["quarantine"])
         with _verdicts_fail_fast():
+            approver = approver_of(ti.xcom_pull(task_ids="approve"), params["risk_tier"], scanned)
             target = registry_target(source.kind, source.model_name, source.revision, params.get("registry_name"))
             registry = open_configured_registry(lambda: s3_access().client())
             existing = already_released(registry, target, hashed["root_digest"])
             if existing is not None:
                 return {**target.to_json_dict(), "already_released": existing}
             signer = VaultTransitSigner.from_airflow_connection()
-            return {**target.to_json_dict(), **sign_quarantine(area, target, signer)}
+            return {**target.to_json_dict(), **sign_quarantine(area, target, signer), "approver": approver}
 
     @task(task_id="build_aibom")
     def build_aibom(
@@ -373,7 +380,7 @@ def model_ingest():
 
     @task(task_id="promote", outlets=[AssetAlias(MODEL_ALIAS)])
     def promote(
-        resolved: dict, hashed: dict, signed: dict, bom: dict, params: dict | None = None,
+        resolved: dict, hashed: dict, scanned: dict, signed: dict, bom: dict, params: dict | None = None,
         outlet_events=None, ti=None,
     ) -> dict:
         """Store everything as an immutable registry version (RELEASED last); record the model's Asset event."""
@@ -395,7 +402,7 @@ def model_ingest():
                     area, RegistryTarget(signed["model"], signed["version"]),
                     open_configured_registry(lambda: s3_access().client()),
                     owner=params["owner"], tier=params["risk_tier"],
-                    approver=approver_of(ti.xcom_pull(task_ids="approve"), params["risk_tier"]),
+                    approver=approver_of(ti.xcom_pull(task_ids="approve"), params["risk_tier"], scanned),
                     actor=f"airflow:model_ingest/{ti.run_id}",
                 )
             promotion = {**promotion, "key_id": signed["key_id"]}
@@ -409,11 +416,11 @@ def model_ingest():
     manifest = hash_manifest(resolved, verified)
     scanned = scan_model(manifest)
     gate = review_gate(scanned)
-    signed = sign_model(resolved, manifest)
+    signed = sign_model(resolved, manifest, scanned)
     gate >> [approve, signed]
     approve >> signed
     bom = build_aibom(resolved, downloaded, manifest, scanned, signed)
-    promoted = promote(resolved, manifest, signed, bom)
+    promoted = promote(resolved, manifest, scanned, signed, bom)
     # prepare_quarantine is the setup, so the teardown runs whenever the directory was created,
     # whatever fails after it.
     promoted >> remove_quarantine().as_teardown(setups=prepared)

@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import json
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -206,12 +205,21 @@ def log_tail(state: State, name: str, lines: int = 30) -> str:
         return "(no log)"
 
 
+def process_exited(pid: int) -> bool:
+    """True once ``pid`` has exited; reaps it when it is our child (a zombie still has a /proc entry)."""
+    try:
+        reaped, _status = os.waitpid(pid, os.WNOHANG)
+        return reaped == pid
+    except ChildProcessError:
+        return not Path(f"/proc/{pid}").exists()
+
+
 def wait_until(
     state: State, name: str, pid: int, healthy: Callable[[], bool], timeout: float, what: str
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
+        if process_exited(pid):
             raise StackError(
                 f"{name} exited while starting; last lines of {state.logfile(name)}:\n{log_tail(state, name)}"
             )
@@ -285,20 +293,76 @@ def run_checked(argv: list[str], env: dict[str, str] | None = None, what: str = 
 
 
 def start_vault(state: State) -> None:
-    root_token = read_or_create_secret(state.secret("vault-root-token"), lambda: "airlock-root-" + secrets.token_hex(20))
+    """A single-node OpenBao server with file storage under the state dir.
+
+    Not `-dev`: a dev server keeps its keys in memory, so after a restart every
+    version already in the local registry would be signed by a key nobody can
+    verify any more. This one is initialised once (one unseal key, kept with the
+    root token in <state>/secrets, mode 0600) and unsealed on every start.
+    """
     if running_pid(state, "vault") and vault_healthy():
         log(f"vault already running at {VAULT.url}")
     else:
         ensure_port_free(VAULT)
-        env = dict(os.environ)
-        # In the environment, not argv: the root token never shows up in `ps`.
-        env["BAO_DEV_ROOT_TOKEN_ID"] = env["VAULT_DEV_ROOT_TOKEN_ID"] = root_token
-        argv = [str(VENV_BIN / "bao"), "server", "-dev", f"-dev-listen-address={VAULT.host}:{VAULT.port}",
-                "-dev-no-store-token"]
-        pid = spawn(state, "vault", argv, env, marker="server -dev")
-        wait_until(state, "vault", pid, vault_healthy, 60, f"GET {VAULT.url}/v1/sys/health")
-        log(f"vault (OpenBao dev server) up at {VAULT.url}")
-    provision_vault(state, root_token)
+        if port_in_use(VAULT.host, VAULT.port + 1):
+            raise StackError(
+                f"port {VAULT.port + 1} (vault cluster port: the API port + 1) is already in use; "
+                f"move the vault with AIRLOCK_VAULT_ADDR=http://127.0.0.1:<free port>"
+            )
+        config = write_vault_config(state)
+        argv = [str(VENV_BIN / "bao"), "server", f"-config={config}"]
+        pid = spawn(state, "vault", argv, dict(os.environ), marker="server -config")
+        wait_until(state, "vault", pid, vault_answers, 60, f"GET {VAULT.url}/v1/sys/health")
+        init_and_unseal_vault(state)
+        wait_until(state, "vault", pid, vault_healthy, 60, f"GET {VAULT.url}/v1/sys/health (unsealed, active)")
+        log(f"vault (OpenBao, raft storage in {state.root / 'vault'}) up at {VAULT.url}")
+    provision_vault(state, state.secret("vault-root-token").read_text().strip())
+
+
+def write_vault_config(state: State) -> Path:
+    data = state.root / "vault" / "data"
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = state.root / "vault" / "config.hcl"
+    config.write_text(
+        "# Written by scripts/stack.py: the local, single-node OpenBao of the dev stack.\n"
+        f'storage "raft" {{\n  path = "{data}"\n  node_id = "airlock-local"\n}}\n'
+        f'listener "tcp" {{\n  address = "{VAULT.host}:{VAULT.port}"\n'
+        f'  cluster_address = "{VAULT.host}:{VAULT.port + 1}"\n  tls_disable = true\n}}\n'
+        f'api_addr = "{VAULT.url}"\n'
+        f'cluster_addr = "http://{VAULT.host}:{VAULT.port + 1}"\n'
+        "ui = false\n"
+    )
+    return config
+
+
+def init_and_unseal_vault(state: State) -> None:
+    import hvac
+
+    client = hvac.Client(url=VAULT.url)
+    unseal_file, root_file = state.secret("vault-unseal-key"), state.secret("vault-root-token")
+    if not client.sys.is_initialized():
+        result = client.sys.initialize(secret_shares=1, secret_threshold=1)
+        write_secret(unseal_file, result["keys"][0])
+        write_secret(root_file, result["root_token"])
+        log("vault initialised (unseal key and root token in secrets/, mode 0600)")
+    if client.sys.is_sealed():
+        if not unseal_file.exists():
+            raise StackError(
+                f"vault at {VAULT.url} is initialised but {unseal_file} is missing; "
+                f"stop the stack and remove {state.root / 'vault'} to start with a new key"
+            )
+        client.sys.submit_unseal_key(unseal_file.read_text().strip())
+
+
+def vault_answers() -> bool:
+    """The API answers at all (sealed and uninitialised servers answer /sys/health with 5xx)."""
+    try:
+        with urllib.request.urlopen(f"{VAULT.url}/v1/sys/health", timeout=3):  # noqa: S310 - loopback
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def vault_healthy() -> bool:

@@ -133,9 +133,16 @@ def approval_required(tier: str, scan_summary: dict[str, Any]) -> bool:
     return policy_for(tier).requires_approval or bool(scan_summary.get("requires_approval"))
 
 
-def approver_of(approval: dict[str, Any] | None, tier: str) -> str:
-    """Who let this version in: the UI user who approved, or the policy that needed no approval."""
+def approver_of(approval: dict[str, Any] | None, tier: str, scan_summary: dict[str, Any]) -> str:
+    """Who let this version in: the UI user who approved, or the policy that needed no approval.
+
+    Checked again where it matters (before signing, at promotion) rather than
+    trusting the DAG's branching: an approval task marked skipped or success by
+    hand leaves no named approval, and a model that needs one is then refused.
+    """
     if not approval:
+        if approval_required(tier, scan_summary):
+            raise AirlockError(f"tier {tier} (or a flagged finding) requires a human approval and none was recorded")
         return f"policy:{tier}:no-approval-required"
     if approval.get("chosen_options") != ["Approve"]:
         raise AirlockError(f"approval answer {approval.get('chosen_options')!r} is not an approval")
