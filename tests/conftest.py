@@ -84,3 +84,16 @@ def airflow_db() -> None:
     from airflow.utils import db
 
     db.initdb()
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """scripts/stack.py as a module (scripts/ is not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("airlock_stack", REPO / "scripts" / "stack.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["airlock_stack"] = module
+    spec.loader.exec_module(module)
+    return module

@@ -7,25 +7,11 @@ was signed by a key that no longer existed, and `airlock pull` refused it.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import hvac
 import pytest
 
 from tests.conftest import require_env
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def stack():
-    spec = importlib.util.spec_from_file_location("airlock_stack_restart", REPO / "scripts" / "stack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["airlock_stack_restart"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _public_keys(addr: str, token: str) -> dict[str, str]:

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
 import stat
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def stack():
-    spec = importlib.util.spec_from_file_location("airlock_stack", REPO / "scripts" / "stack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["airlock_stack"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture()
