@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from airlock import __version__
-from airlock.errors import AirlockError
+from airlock.errors import AirlockError, first_validation_problem
 from airlock.fsutil import FileEntry, atomic_write
 
 if TYPE_CHECKING:
@@ -153,9 +153,7 @@ class DerivationRecord(_Frozen):
         try:
             return cls.model_validate(source)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise AibomError(f"{where}: field {loc}: {first['msg']}") from None
+            raise AibomError(f"{where}: {first_validation_problem(exc)}") from None
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -425,8 +423,7 @@ def read_card(model_dir: Path | None) -> CardMetadata:
     try:
         return CardMetadata.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise AibomError(f"{path}: front matter field {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise AibomError(f"{path}: front matter {first_validation_problem(exc)}") from None
 
 
 def read_architecture(model_dir: Path | None) -> tuple[str | None, str | None]:

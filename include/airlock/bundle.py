@@ -29,7 +29,6 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -38,8 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from airlock.errors import AirlockError
-from airlock.manifest import path_sort_key, root_digest_of_pairs
+from airlock.errors import AirlockError, first_validation_problem
+from airlock.manifest import SHA256_HEX, path_sort_key, root_digest_of_pairs
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -50,7 +49,6 @@ HASH_TYPE = "sha256"
 # model_signing's default ignore set (hashing.Config with ignore_git_paths=True).
 DEFAULT_IGNORE_PATHS: tuple[str, ...] = (".git", ".gitattributes", ".github", ".gitignore")
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -84,7 +82,7 @@ def check_relative_posix_path(path: str, what: str = "path") -> str:
 
 
 def check_sha256_hex(value: str, what: str = "sha256") -> str:
-    if not _SHA256_HEX.match(value):
+    if not SHA256_HEX.fullmatch(value):
         raise BundleFormatError(f"{what} {value!r} is not 64 lowercase hex characters")
     return value
 
@@ -364,9 +362,7 @@ def _validate(model: type[_Model], raw: Any, source: str) -> _Model:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise BundleFormatError(f"{source}: field {where}: {first['msg']}") from None
+        raise BundleFormatError(f"{source}: {first_validation_problem(exc)}") from None
 
 
 def _b64decode(value: str, field: str) -> bytes:

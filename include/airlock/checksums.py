@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airlock.errors import IntegrityError
 from airlock.manifest import (
+    SHA256_HEX,
     MODEL_SIGNING_IGNORE,
     DigestSet,
     FileDigest,
@@ -59,7 +60,6 @@ REPORT_SCHEMA = "airlock.published-checksums/v1"
 MODEL_SIGNING_PREDICATE = "https://model_signing/signature/v1.0"
 IN_TOTO_STATEMENT = "https://in-toto.io/Statement/v1"
 MAX_VENDOR_MANIFEST_BYTES = 16 * 1024**2  # parsed in memory: bound it
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SUMS_LINE = re.compile(r"^(?P<digest>[0-9a-fA-F]{64}) [ *](?P<path>.+)$")
 
 
@@ -129,7 +129,7 @@ def parse_model_signing_bundle(data: bytes, *, name: str = MODEL_SIG) -> dict[st
     hasher = hashlib.sha256()
     for resource in resources:
         path, digest = resource.get("name"), str(resource.get("digest", "")).lower()
-        if resource.get("algorithm") != "sha256" or not isinstance(path, str) or not _HEX64.fullmatch(digest):
+        if resource.get("algorithm") != "sha256" or not isinstance(path, str) or not SHA256_HEX.fullmatch(digest):
             raise IntegrityError(f"{name}: resource {resource!r} is not a sha256 file entry")
         if path in digests:
             raise IntegrityError(f"{name}: {path!r} is listed twice")

@@ -50,3 +50,10 @@ class ManifestError(AirlockError):
 
 class SourceUnavailable(SourceError):
     """The source could not be reached or answered with a server error; a later attempt may succeed."""
+
+
+def first_validation_problem(exc) -> str:  # exc: pydantic.ValidationError
+    """``field <dotted.location>: <message>`` of a pydantic error's first problem, for messages naming the field."""
+    first = exc.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return f"field {location}: {first['msg']}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -46,7 +47,9 @@ MODEL_SIGNING_IGNORE: tuple[str, ...] = (".git", ".gitattributes", ".github", ".
 # between the kernel's copy and the hash (measured: 4 and 16 MiB are no faster).
 READ_CHUNK = 1 << 20
 
-_SHA256_HEX_LEN = 64
+# A sha256 as every stage writes it: 64 lowercase hex characters (the one definition; use fullmatch,
+# since "$" alone also matches before a trailing newline).
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def usable_cores() -> int:
@@ -260,7 +263,7 @@ class PublishedCheck(_Frozen):
 class ManifestFile(_Frozen):
     path: str
     size: int = Field(ge=0)
-    sha256: str = Field(min_length=_SHA256_HEX_LEN, max_length=_SHA256_HEX_LEN, pattern=r"^[0-9a-f]+$")
+    sha256: str = Field(pattern=SHA256_HEX.pattern)
     published: PublishedCheck | None = None
 
 

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from airlock.errors import AirlockError
+from airlock.manifest import SHA256_HEX
 
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # Hub-style names: what Hugging Face accepts for users, orgs and repos, minus anything path-like.
 _NAME_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 # Versions become a path segment / key segment on every backend: no separators, no dot-only names.
@@ -131,7 +131,7 @@ def signed_subject_name(model: ModelName, version: str) -> str:
 
 
 def check_sha256(value: str, what: str) -> str:
-    if not SHA256_HEX.match(value):
+    if not SHA256_HEX.fullmatch(value):
         raise RegistryError(f"{what}: {value!r} is not a sha256 (64 lowercase hex characters)")
     return value
 

@@ -30,6 +30,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from airlock.errors import first_validation_problem
 from airlock.policy import RiskTier
 from airlock.registry.base import RegistryIndexError, Layout, ModelName, ObjectStore, RegistryError
 
@@ -235,9 +236,7 @@ class Index:
         try:
             event = _EVENT.validate_json(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise RegistryIndexError(f"{self.store.object_url(key)}: field {field}: {first['msg']}") from None
+            raise RegistryIndexError(f"{self.store.object_url(key)}: {first_validation_problem(exc)}") from None
         if event.seq != position or event.model != str(model):
             raise RegistryIndexError(f"{self.store.object_url(key)}: records {event.model} seq {event.seq}, "
                               f"expected {model} seq {position}")
