@@ -141,14 +141,6 @@ def write_secret(path: Path, value: str) -> None:
         handle.write(value)
 
 
-def read_or_create_secret(path: Path, factory: Callable[[], str]) -> str:
-    if path.exists():
-        return path.read_text().strip()
-    value = factory()
-    write_secret(path, value)
-    return value
-
-
 # --------------------------------------------------------------------------- processes
 
 

@@ -23,10 +23,10 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from airlock.errors import AirlockError
+from airlock.fsutil import atomic_write
 from airlock.manifest import Manifest
 from airlock.quarantine import QuarantineArea
 
@@ -34,7 +34,6 @@ SCAN_REPORT = "reports/scan.json"
 SIGNATURE = "model.sig"
 AIBOM = "aibom.cdx.json"
 AIBOM_SIGNATURE = "aibom.sig"
-_REGISTRY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 class ScanBlocked(AirlockError):
@@ -64,16 +63,15 @@ def registry_target(source_kind: str, model_name: str, revision: str, override: 
     the same version and immutability does the rest. Drops have no ``org/name``
     of their own: they need ``override``.
     """
+    from airlock.registry import ModelName
+
     name = override or (model_name if source_kind == "hf" else None)
     if not name:
         raise AirlockError(f"a {source_kind}:// drop needs a registry name (ORG/NAME) for {model_name!r}")
-    parts = name.split("/")
-    if len(parts) != 2 or not all(_REGISTRY_PART.match(p) for p in parts):
-        raise AirlockError(f"registry name {name!r} must be ORG/NAME (letters, digits, '.', '_', '-')")
     short = revision.removeprefix("sha256:")[:12]
     if not re.fullmatch(r"[0-9a-f]{12}", short):
         raise AirlockError(f"revision {revision!r} is not an immutable revision (commit sha or sha256: digest)")
-    return RegistryTarget(model=name, version=f"rev-{short}")
+    return RegistryTarget(model=str(ModelName.parse(name)), version=f"rev-{short}")
 
 
 def load_manifest(area: QuarantineArea) -> Manifest:
@@ -82,10 +80,6 @@ def load_manifest(area: QuarantineArea) -> Manifest:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------- scan
@@ -102,7 +96,8 @@ def scan_quarantine(area: QuarantineArea, tier: str, log: Callable[[str], None])
     report = scan_model(area.files_dir, tier)
     path = area.path / SCAN_REPORT
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json_dict(), indent=2) + "\n")
+    report_bytes = (json.dumps(report.to_json_dict(), indent=2) + "\n").encode()
+    atomic_write(path, report_bytes)
     lines = report.summary_lines()
     for line in lines:
         log(line)
@@ -119,7 +114,7 @@ def scan_quarantine(area: QuarantineArea, tier: str, log: Callable[[str], None])
         "files": len(report.files),
         "flagged": len(report.findings("flag")),
         "report": str(path),
-        "report_sha256": _sha256(path),
+        "report_sha256": hashlib.sha256(report_bytes).hexdigest(),
         "started_at": started,
         "ended_at": _now(),
     }
@@ -261,11 +256,13 @@ def build_quarantine_aibom(
         parent=parent,
     )
     written = write_aibom(inputs, area.path / AIBOM)
-    write_bundle(sign_aibom(written.path.read_bytes(), signer), area.path / AIBOM_SIGNATURE)
+    # Sign the bytes as stored, not a re-serialisation of the document.
+    aibom_signature = sign_aibom(written.path.read_bytes(), signer)
+    write_bundle(aibom_signature, area.path / AIBOM_SIGNATURE)
     return {
         "aibom": str(written.path),
         "aibom_sha256": written.sha256,
-        "aibom_signature_sha256": _sha256(area.path / AIBOM_SIGNATURE),
+        "aibom_signature_sha256": hashlib.sha256(aibom_signature).hexdigest(),
         "parent": asdict(parent) if parent is not None else None,
     }
 
