@@ -35,8 +35,9 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from airlock.errors import ManifestError
 from airlock.fsutil import FileEntry, run_all
-from airlock.manifest import root_digest_of_pairs
+from airlock.manifest import hash_file, root_digest_of_pairs
 from airlock.policy import RiskTier, policy_for
 from airlock.registry.base import (
     PARTIAL_PREFIX,
@@ -59,7 +60,6 @@ DEFAULT_WORKERS = 8
 Role = Literal["file", "signature", "aibom", "aibom-signature", "report"]
 _ROLE_ORDER: tuple[Role, ...] = ("file", "signature", "aibom", "aibom-signature", "report")
 _REPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json$")
-_HASH_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- stored records
@@ -221,17 +221,12 @@ def _check_file_path(path: str) -> str:
 
 
 def _sha256_file(path: Path) -> tuple[int, str]:
-    hasher = hashlib.sha256()
-    size = 0
+    """Size and sha256 of an artefact to store, read the manifest stage's way (no symlinks, flat memory)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise RegistryError(f"{path}: cannot read ({exc.strerror})") from None
-    with open(fd, "rb", closefd=True) as reader:
-        while chunk := reader.read(_HASH_CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-    return size, hasher.hexdigest()
+        digest = hash_file(path, str(path))
+    except ManifestError as exc:
+        raise RegistryError(str(exc)) from None
+    return digest.size, digest.sha256
 
 
 def _check_on_disk(path: Path, entry: FileEntry) -> None:
