@@ -7,10 +7,10 @@
 
 Services (each address moves with one environment variable):
 
-    vault    OpenBao dev server (``bao``)          AIRLOCK_VAULT_ADDR   http://127.0.0.1:8200
+    vault    OpenBao single-node server (``bao``) AIRLOCK_VAULT_ADDR   http://127.0.0.1:8200
     s3       moto in server mode                   AIRLOCK_S3_ENDPOINT  http://127.0.0.1:9000
     hub      olah serving the demo git+LFS repos   AIRLOCK_HUB_ENDPOINT http://127.0.0.1:8090
-    airflow  ``airflow standalone``                AIRLOCK_AIRFLOW_URL  http://127.0.0.1:8080
+    airflow  api-server, scheduler, dag-processor, triggerer AIRLOCK_AIRFLOW_URL  http://127.0.0.1:8080
 
 State (PID files, logs, tokens, AIRFLOW_HOME, the olah venv) lives under
 AIRLOCK_STATE_DIR (default ``<repo>/.airlock``, git-ignored). ``up`` is
@@ -58,6 +58,9 @@ AIRFLOW_ADMIN_PASSWORD_DEFAULT = "airlock"
 S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "airlock-local", "AWS_SECRET_ACCESS_KEY": "airlock-local"}
 S3_REGION = "us-east-1"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Vault credentials that never reach an Airflow process (see airflow_env).
+VAULT_TOKEN_VARIABLES = ("AIRLOCK_VAULT_TOKEN", "AIRLOCK_VAULT_ADMIN_TOKEN", "VAULT_TOKEN", "BAO_TOKEN",
+                         "AIRLOCK_VAULT_ROLE_ID", "AIRLOCK_VAULT_SECRET_ID")
 
 
 class StackError(RuntimeError):
@@ -501,11 +504,15 @@ def airflow_admin_password() -> str:
 def airflow_env(state: State, stack_env: dict[str, str]) -> dict[str, str]:
     """Environment for every Airflow process: the repo's dags/plugins and the stack's addresses."""
     home = state.airflow_home
-    env = dict(os.environ)
-    env.update(stack_env)
+    env = {**os.environ, **stack_env}
+    # Least privilege: tasks sign through the `airlock_vault` connection (the pipeline's AppRole) only. A Vault
+    # token in the environment -- the CLI's signer token from .airlock/env, or one a developer has exported --
+    # would hand every task, and every DAG author, a second identity that no connection or audit names.
+    for name in VAULT_TOKEN_VARIABLES:
+        env.pop(name, None)
     env.update({
         "AIRFLOW_HOME": str(home),
-        # standalone starts its components as `airflow ...` from PATH.
+        # the components start sibling processes as `airflow ...` from PATH.
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
@@ -575,9 +582,30 @@ def start_airflow(state: State, stack_env: dict[str, str]) -> None:
                     what="airflow connections import")
     finally:
         connections_file.unlink(missing_ok=True)
-    pid = spawn(state, "airflow", [airflow, "standalone"], env, marker="airflow standalone")
+    pid = spawn(state, "airflow", airflow_components_argv(airflow), env, marker=AIRFLOW_MARKER)
     wait_until(state, "airflow", pid, airflow_healthy, 240, f"GET {AIRFLOW.url}/api/v2/monitor/health")
     log(f"airflow up at {AIRFLOW.url} (login {AIRFLOW_ADMIN_USER} / {airflow_admin_password()})")
+
+
+AIRFLOW_MARKER = "airlock-airflow-components"
+
+
+def airflow_components_argv(airflow: str) -> list[str]:
+    """One process group running what `airflow standalone` runs, with the log servers switched off.
+
+    The scheduler and triggerer would otherwise serve task logs on every interface (ports 8793/8794; Airflow 3.3
+    has no setting for their bind address). With the LocalExecutor every log is a file under AIRFLOW_HOME that the
+    API server reads directly, so nothing needs those servers. If any component exits, the group is stopped, so a
+    half-running Airflow never looks healthy for long.
+    """
+    components = [
+        [airflow, "api-server"],
+        [airflow, "scheduler", "--skip-serve-logs"],
+        [airflow, "dag-processor"],
+        [airflow, "triggerer", "--skip-serve-logs"],
+    ]
+    script = "trap 'kill 0' EXIT\n" + "".join(f"{shlex.join(argv)} &\n" for argv in components) + "wait -n\n"
+    return ["bash", "-c", script, AIRFLOW_MARKER]
 
 
 def airflow_healthy() -> bool:

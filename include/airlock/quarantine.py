@@ -11,8 +11,8 @@ One directory per DAG run and model under the quarantine root::
         manifest.json              the manifest
 
 Before a byte is fetched, every listed name is checked (:func:`name_violations`)
-and the listing is compared with the tier's limits and the free space
-(:func:`preflight`). A file is written to ``.partial/`` under a name Airlock
+and the listing is compared with the tier's limits and the free space, less what
+concurrent runs have reserved (:func:`preflight` reserves the run's own share). A file is written to ``.partial/`` under a name Airlock
 chooses, capped at its listed size and the run's deadline, and moved into
 ``files/`` only when complete, after checking the target is inside ``files/``.
 Nothing the listing says can place a byte outside the quarantine directory.
@@ -20,7 +20,9 @@ Nothing the listing says can place a byte outside the quarantine directory.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -29,7 +31,8 @@ import stat
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 MAX_SEGMENT_BYTES = 255  # NAME_MAX on Linux and macOS
 MAX_PATH_BYTES = 4096  # PATH_MAX on Linux
 FREE_SPACE_MARGIN = 64 * 1024**2  # never plan to fill a filesystem to the last byte
+RESERVATIONS_DIR = ".reservations"  # under the quarantine root, beside the per-DAG directories
+STALE_RESERVATION_S = 600.0  # a reservation without its run directory this long is left over from a lost run
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # Slack on top of the deadline for fetches blocked in a read to notice and stop.
@@ -267,12 +272,117 @@ def preflight(resolved: ResolvedSource, policy: TierPolicy, area: QuarantineArea
             f"{where}: tier {tier} requires a vendor manifest (SHA256SUMS or model.sig at the drop's root); none found"
         )
     needed = resolved.total_size - _bytes_already_here(area, resolved)
-    free = shutil.disk_usage(_existing_ancestor(area.path)).free
-    if needed + FREE_SPACE_MARGIN > free:
-        raise QuarantineError(
-            f"{where}: needs {needed} bytes (+{FREE_SPACE_MARGIN} margin) in {area.root} but only {free} are free"
-        )
+    with _reservation_ledger(area.root) as ledger:
+        free = shutil.disk_usage(_existing_ancestor(area.path)).free
+        promised = sum(r.outstanding_bytes() for r in _live_reservations(ledger) if r.area != area.path)
+        if needed + promised + FREE_SPACE_MARGIN > free:
+            others = f", {promised} of them reserved by concurrent runs" if promised else ""
+            raise QuarantineError(
+                f"{where}: needs {needed} bytes (+{FREE_SPACE_MARGIN} margin) in {area.root} but only {free} are "
+                f"free{others}"
+            )
+        _write_reservation(ledger, area, resolved.total_size)
     return Preflight(files=len(resolved.files), total_bytes=resolved.total_size, needed_bytes=needed, free_bytes=free)
+
+
+# --------------------------------------------------------------------------- space reservations
+#
+# Free space alone is not enough: concurrent runs on one volume all see the same free bytes before any of them has
+# written, so each passes and all fail mid-download. Every run that passes preflight therefore records how many bytes
+# it will occupy; later preflights subtract what the others still have to write (their declared size minus what is
+# already on disk, which free space already accounts for). Check and record happen under one exclusive lock.
+
+
+@dataclass(frozen=True)
+class _Reservation:
+    file: Path
+    area: Path
+    total_bytes: int
+    created: float
+
+    def outstanding_bytes(self) -> int:
+        return max(0, self.total_bytes - _bytes_on_disk(self.area))
+
+
+@contextmanager
+def _reservation_ledger(root: Path) -> Iterator[Path]:
+    """The reservations directory of ``root``, locked exclusively (flock) for the caller's check-and-record."""
+    ledger = Path(root) / RESERVATIONS_DIR
+    ledger.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(ledger / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield ledger
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _reservation_file(ledger: Path, area: Path) -> Path:
+    # One file per area, named after the run directory so teardown finds every reservation of its run.
+    relative = area.relative_to(ledger.parent)
+    return ledger / ("+".join(relative.parts) + ".json")
+
+
+def _write_reservation(ledger: Path, area: QuarantineArea, total_bytes: int) -> None:
+    from airlock.fsutil import atomic_write
+
+    record = {"area": str(area.path), "total_bytes": total_bytes, "created": time.time()}
+    atomic_write(_reservation_file(ledger, area.path), json.dumps(record).encode())
+
+
+def _live_reservations(ledger: Path) -> list[_Reservation]:
+    """Every reservation still holding space; stale ones (their run directory long gone) are dropped.
+
+    An unreadable record cannot say what it holds; it is dropped once it is old (records are written atomically,
+    so only damage leaves one behind).
+    """
+    live = []
+    now = time.time()
+    for file in sorted(ledger.glob("*.json")):
+        try:
+            record = json.loads(file.read_text())
+            reservation = _Reservation(file, Path(record["area"]), int(record["total_bytes"]), float(record["created"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            if now - _mtime(file) > STALE_RESERVATION_S:
+                file.unlink(missing_ok=True)
+            continue
+        # Preflight records before the area is created, so a missing area is stale only after a grace period.
+        if not reservation.area.exists() and now - reservation.created > STALE_RESERVATION_S:
+            file.unlink(missing_ok=True)
+            continue
+        live.append(reservation)
+    return live
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _bytes_on_disk(area: Path) -> int:
+    total = 0
+    for directory, _dirs, files in os.walk(area):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def release_reservations(root: Path, dag_id: str, run_id: str) -> int:
+    """Drop every space reservation of the run (teardown); returns how many were dropped."""
+    ledger = Path(root) / RESERVATIONS_DIR
+    if not ledger.is_dir():
+        return 0
+    prefix = "+".join(run_directory(root, dag_id, run_id).relative_to(root).parts) + "+"
+    with _reservation_ledger(root):
+        mine = [f for f in ledger.glob("*.json") if f.name.startswith(prefix)]
+        for file in mine:
+            file.unlink(missing_ok=True)
+    return len(mine)
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -531,6 +641,7 @@ def remove_run(root: Path, dag_id: str, run_id: str) -> Path | None:
     way to delete something else.
     """
     run_dir = run_directory(root, dag_id, run_id)
+    release_reservations(root, dag_id, run_id)
     if not os.path.lexists(run_dir):
         return None
     if os.path.islink(run_dir) or not _inside(run_dir, root):

@@ -124,6 +124,110 @@ def test_preflight_compares_with_free_space(area: QuarantineArea, monkeypatch: p
         preflight(_resolved({"a.bin": b"12345"}), policy_for("low"), area)
 
 
+MIB = 1024**2
+
+
+def _volume_with_free_bytes(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: shutil._ntuple_diskusage(10 * free, 9 * free, free))
+
+
+def _run_area(root: Path, run: int) -> QuarantineArea:
+    return QuarantineArea.for_run(root, "model_ingest", f"manual__run-{run}", "file:///drop")
+
+
+def _sized(total: int) -> ResolvedSource:
+    resolved = _resolved({"w.bin": b""})
+    return resolved.model_copy(update={"files": (PublishedFile(path="w.bin", size=total),)})
+
+
+def test_concurrent_runs_reserve_space_instead_of_all_passing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three 200 MiB runs on a volume with 420 MiB free: only what fits passes, the others are refused up front."""
+    _volume_with_free_bytes(monkeypatch, 420 * MIB)
+    root = tmp_path / "quarantine"
+    outcomes = []
+    for run in range(3):
+        area = _run_area(root, run)
+        try:
+            preflight(_sized(200 * MIB), policy_for("low"), area)
+            area.create()
+            outcomes.append("reserved")
+        except QuarantineError as exc:
+            assert "reserved by concurrent runs" in str(exc)
+            outcomes.append("refused")
+    assert outcomes == ["reserved", "refused", "refused"]
+
+
+def test_concurrent_preflights_cannot_overbook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _volume_with_free_bytes(monkeypatch, 500 * MIB)
+    root = tmp_path / "quarantine"
+    barrier = threading.Barrier(6)
+    passed: list[int] = []
+
+    def attempt(run: int) -> None:
+        barrier.wait()
+        try:
+            preflight(_sized(100 * MIB), policy_for("low"), _run_area(root, run))
+            passed.append(run)
+        except QuarantineError:
+            pass
+
+    threads = [threading.Thread(target=attempt, args=(run,)) for run in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # 500 MiB free, 64 MiB margin: at most 4 runs of 100 MiB may hold reservations at once.
+    assert len(passed) == 4
+
+
+def test_a_run_rechecking_its_own_reservation_is_not_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _volume_with_free_bytes(monkeypatch, 300 * MIB)
+    area = _run_area(tmp_path / "quarantine", 0)
+    preflight(_sized(200 * MIB), policy_for("low"), area)
+    area.create()
+    preflight(_sized(200 * MIB), policy_for("low"), area)  # the download task checks again
+
+
+def test_bytes_already_written_by_another_run_are_not_counted_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "quarantine"
+    _volume_with_free_bytes(monkeypatch, 400 * MIB)
+    first = _run_area(root, 0)
+    preflight(_sized(4 * MIB), policy_for("low"), first)
+    first.create()
+    (first.files_dir / "w.bin").write_bytes(b"x" * (4 * MIB))  # the first run's download has finished
+    # Free space already reflects those bytes; the reservation must not hold them a second time.
+    _volume_with_free_bytes(monkeypatch, 68 * MIB + 1)
+    preflight(_sized(4 * MIB), policy_for("low"), _run_area(root, 1))
+
+
+def test_teardown_releases_the_runs_reservation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _volume_with_free_bytes(monkeypatch, 300 * MIB)
+    root = tmp_path / "quarantine"
+    first = _run_area(root, 0)
+    preflight(_sized(200 * MIB), policy_for("low"), first)
+    first.create()
+    with pytest.raises(QuarantineError, match="reserved by concurrent runs"):
+        preflight(_sized(200 * MIB), policy_for("low"), _run_area(root, 1))
+    remove_run(root, "model_ingest", "manual__run-0")
+    preflight(_sized(200 * MIB), policy_for("low"), _run_area(root, 1))
+
+
+def test_a_reservation_left_by_a_lost_run_expires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import airlock.quarantine as quarantine
+
+    _volume_with_free_bytes(monkeypatch, 300 * MIB)
+    root = tmp_path / "quarantine"
+    preflight(_sized(200 * MIB), policy_for("low"), _run_area(root, 0))  # the run died before creating its area
+    with pytest.raises(QuarantineError):
+        preflight(_sized(200 * MIB), policy_for("low"), _run_area(root, 1))
+    monkeypatch.setattr(quarantine, "STALE_RESERVATION_S", -1.0)
+    preflight(_sized(200 * MIB), policy_for("low"), _run_area(root, 1))
+
+
 @pytest.mark.parametrize("tier", ["high", "critical"])
 def test_drops_without_a_vendor_manifest_never_proceed_for_high_tiers(area: QuarantineArea, tier: str) -> None:
     with pytest.raises(QuarantineError, match=f"tier {tier} requires a vendor manifest"):

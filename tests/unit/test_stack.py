@@ -49,3 +49,25 @@ def test_env_file_is_private_and_shell_quoted(stack, tmp_path, monkeypatch) -> N
     assert mode == 0o600
     text = state.env_file.read_text()
     assert "export AIRLOCK_VAULT_TOKEN='tok'\"'\"'en; rm -rf /'" in text
+
+
+def test_airflow_processes_get_no_vault_token(stack, tmp_path, monkeypatch) -> None:
+    """Tasks authenticate through the `airlock_vault` connection only, never with the CLI's signer token."""
+    monkeypatch.setenv("AIRLOCK_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRLOCK_VAULT_TOKEN", "hvs.exported-by-a-developer")
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.another")
+    state = stack.State.from_env()
+    env = stack.airflow_env(state, {"AIRLOCK_VAULT_TOKEN": "hvs.from-env-file", "AIRLOCK_VAULT_ADDR": "http://x"})
+    assert not {name for name in env if name in stack.VAULT_TOKEN_VARIABLES}
+    assert "hvs." not in json.dumps(env)
+    assert env["AIRLOCK_VAULT_ADDR"] == "http://x"
+
+
+def test_airflow_runs_without_log_servers(stack) -> None:
+    """Airflow's log servers bind every interface; the local stack does not start them at all."""
+    argv = stack.airflow_components_argv("/venv/bin/airflow")
+    script = argv[2]
+    assert argv[-1] == stack.AIRFLOW_MARKER
+    for component in ("api-server", "scheduler --skip-serve-logs", "dag-processor", "triggerer --skip-serve-logs"):
+        assert f"/venv/bin/airflow {component} &" in script
+    assert "standalone" not in script
