@@ -266,13 +266,14 @@ def model_ingest():
         import logging
 
         from airlock.config import load_settings
-        from airlock.quarantine import remove_run, run_directory
+        from airlock.quarantine import release_reservations, remove_run, run_directory
 
         log = logging.getLogger("airlock.model_ingest")
         settings = load_settings()
         run_dir = run_directory(settings.quarantine_root, "model_ingest", dag_run.run_id)
         if settings.quarantine_keep_on_failure and _run_failed(ti, dag_run):
             log.warning("run failed: keeping %s for forensics (AIRLOCK_QUARANTINE_KEEP_ON_FAILURE)", run_dir)
+            release_reservations(settings.quarantine_root, "model_ingest", dag_run.run_id)  # its bytes are on disk
             return {"quarantine": str(run_dir), "removed": False, "kept_for_forensics": True}
         removed = remove_run(settings.quarantine_root, "model_ingest", dag_run.run_id)
         log.info("removed %s", removed or f"{run_dir} (already absent)")
