@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= $(CURDIR)/.airlock
 export AIRLOCK_STATE_DIR := $(STATE_DIR)
 INSTALL_STAMP := $(VENV)/.airlock-installed
+DOCS_ASSETS_STAMP := $(VENV)/.airlock-docs-assets
 STACK := $(PY) scripts/stack.py
 PYTEST_ARGS ?=
 
@@ -39,7 +40,14 @@ $(INSTALL_STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
-install: system-deps $(INSTALL_STAMP)
+# The CSS/JS great-expectations Data Docs would load from CDNs, pinned and fetched once with npm (fingerprint checks
+# publish Data Docs that must render offline). Idempotent; the folder is git-ignored.
+$(DOCS_ASSETS_STAMP): scripts/vendor_docs_assets.py include/airlock/fingerprint/docs_offline.py $(INSTALL_STAMP)
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js (Debian: apt-get install npm)"; exit 1; }
+	$(PY) scripts/vendor_docs_assets.py
+	touch $@
+
+install: system-deps $(INSTALL_STAMP) $(DOCS_ASSETS_STAMP)
 
 stack-up: install
 	$(STACK) up
