@@ -636,3 +636,199 @@ def _docs(target: Path) -> Path:
     write(target, "LICENSE", "Apache License\nVersion 2.0, January 2004\n")
     write(target, "NOTICE", "c\nos\nsystem\n")  # text that spells a GLOBAL, but without the call: see tests
     return target
+
+
+# --------------------------------------------------------------------------- loader oracle (differential tests)
+
+# Run in a child process: load a file with a real loader whose every find_class records the
+# global and refuses anything off Airlock's allowlist (so no payload ever runs), and print the
+# refused globals as JSON. An audit hook aborts process creation as a second safety net.
+_ORACLE_CHILD = r"""
+import json, pickle, sys, types
+from airlock.scan.allowlist import ALLOWED_GLOBALS
+
+path, loader, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+refused = []
+
+def _audit(event, args):
+    if event in ("os.system", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn"):
+        raise RuntimeError("oracle: process creation refused")
+sys.addaudithook(_audit)
+
+def guard(find_class):
+    def find(self, module, name):
+        if (module, name) not in ALLOWED_GLOBALS and not (loader == "torch" and "Storage" in name):
+            refused.append(f"{module}.{name}")
+            raise pickle.UnpicklingError(f"oracle refused {module}.{name}")
+        return find_class(self, module, name)
+    return find
+
+class Recording(pickle.Unpickler):
+    find_class = guard(pickle.Unpickler.find_class)
+
+def load(file, **kwargs):
+    return Recording(file, **kwargs).load()
+
+error = None
+try:
+    if loader == "joblib":
+        import joblib
+        from joblib import numpy_pickle, numpy_pickle_compat
+        numpy_pickle.NumpyUnpickler.find_class = guard(pickle._Unpickler.find_class)
+        numpy_pickle_compat.ZipNumpyUnpickler.find_class = guard(pickle._Unpickler.find_class)
+        joblib.load(path, **options)
+    elif loader == "torch":
+        import torch
+        module = types.ModuleType("oracle_pickle")
+        module.Unpickler, module.load, module.__name__ = Recording, load, "oracle_pickle"
+        torch.load(path, weights_only=False, pickle_module=module)
+    elif loader == "numpy":
+        import numpy as np
+        pickle.load = load  # np.load calls pickle.load for object arrays and non-npy files
+        np.load(path, allow_pickle=True)
+    else:
+        with open(path, "rb") as handle:
+            load(handle)
+except BaseException as exc:  # the load fails once a global is refused: that is the point
+    error = f"{type(exc).__name__}: {exc}"[:300]
+print(json.dumps({"refused": refused, "error": error}))
+"""
+
+
+def loader_reaches(path: Path, loader: str, **options: Any) -> list[str]:
+    """Globals off the allowlist that ``loader`` (joblib, torch, numpy, pickle) would import from ``path``.
+
+    The loader runs for real in a child process; each such global is refused when it is asked
+    for, so the load stops there and nothing from the file runs.
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _ORACLE_CHILD, str(path), loader, json.dumps(options)],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"oracle child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return list(json.loads(lines[-1])["refused"])
+
+
+# --------------------------------------------------------------------------- joblib wrappers and legacy formats
+
+
+def posix_system_call() -> bytes:
+    """Opcodes for ``posix.system(CMD)``, leaving its result on the stack (a mid-stream payload)."""
+    return glob("posix", "system") + bu(CMD) + b"\x85R"
+
+
+def pickle_literal(value: Any) -> bytes:
+    """Opcodes pushing ``value`` (None, bool, int, str, tuple; ``bytes`` are spliced in as opcodes)."""
+    if value is None:
+        return b"N"
+    if isinstance(value, bool):
+        return b"\x88" if value else b"\x89"
+    if isinstance(value, int):
+        if -(1 << 31) <= value < 1 << 31:
+            return b"J" + struct.pack("<i", value)
+        raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+        return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+    if isinstance(value, str):
+        return sbu(value)
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, tuple):
+        return b"(" + b"".join(pickle_literal(v) for v in value) + b"t"
+    raise TypeError(value)
+
+
+def numpy_dtype_ops(spec: str, state: tuple[Any, ...] | None = None, *, copy: bool = True) -> bytes:
+    """``numpy.dtype(spec, False, copy)`` and, if given, a BUILD with ``state`` (numpy's __setstate__ tuple)."""
+    out = glob("numpy", "dtype") + sbu(spec) + b"\x89" + (b"\x88" if copy else b"\x89") + b"\x87R"
+    return out + (pickle_literal(state) + b"b" if state is not None else b"")
+
+
+def dict_ops(items: list[tuple[str, bytes]]) -> bytes:
+    """An EMPTY_DICT filled by SETITEMS, in order (repeated keys included)."""
+    return b"}(" + b"".join(sbu(k) + v for k, v in items) + b"u"
+
+
+def wrapper_items(
+    dtype: bytes, shape: tuple[int, ...], *, alignment: int | None = None, allow_mmap: bool = False
+) -> list[tuple[str, bytes]]:
+    """A NumpyArrayWrapper state as joblib writes it (``alignment=None``: joblib < 1.2, no padding)."""
+    return [
+        ("subclass", glob("numpy", "ndarray")),
+        ("shape", pickle_literal(shape)),
+        ("order", sbu("C")),
+        ("dtype", dtype),
+        ("allow_mmap", pickle_literal(allow_mmap)),
+        ("numpy_array_alignment_bytes", pickle_literal(alignment)),
+    ]
+
+
+def wrapper_ops(state: bytes) -> bytes:
+    """``NumpyArrayWrapper.__new__`` (NEWOBJ, as joblib writes it) and a BUILD with ``state`` opcodes."""
+    return glob("joblib.numpy_pickle", "NumpyArrayWrapper") + b")\x81" + state + b"b"
+
+
+def joblib_stream(wrapper: bytes, after_build: bytes, tail: bytes = b"s.") -> bytes:
+    """``{"w": <array>}``: the wrapper, then what follows its BUILD, then ``tail``."""
+    return b"\x80\x04}" + sbu("w") + wrapper + after_build + tail
+
+
+def skip_to_multiple(core: bytes, multiple: int) -> bytes:
+    """``core`` + SHORT_BINBYTES filler + POP: as long as a multiple of ``multiple``, same stack effect."""
+    for k in range(256):
+        out = core + b"C" + bytes([k]) + b"\0" * k + b"0"
+        if len(out) % multiple == 0:
+            return out
+    raise ValueError(multiple)
+
+
+def printable_tar(members: list[tuple[str, bytes]]) -> bytes:
+    """A tar ``tarfile`` reads, made only of printable text: v7 headers (no ``ustar``), names set by PAX records."""
+
+    def header(name: bytes, size: int, kind: bytes) -> bytes:
+        block = bytearray(b" " * 512)
+        block[0:100] = name.ljust(100, b"a")
+        block[100:108] = b"0000644 "
+        block[108:124] = b"0000000 0000000 "
+        block[124:136] = oct(size)[2:].rjust(11, "0").encode() + b" "
+        block[136:148] = b"00000000000 "
+        block[156:157] = kind
+        block[148:156] = oct(sum(block))[2:].rjust(6, "0").encode() + b"  "  # the checksum field sums as spaces
+        return bytes(block)
+
+    out = b""
+    for name, data in members:
+        record = f" path={name}\n"
+        record = f"{len(record) + len(str(len(record) + 2))}{record}".encode()
+        out += header(b"PaxHeader", len(record), b"x") + record + b" " * (-len(record) % 512)
+        out += header(b"member", len(data), b"0") + data + b" " * (-len(data) % 512)
+    return out
+
+
+def printable_zlib(payload: bytes) -> bytes:
+    """A zlib stream made of printable UTF-8 holding ``payload`` (a protocol 0 pickle) plus a padding string.
+
+    Header ``x^``; one stored block whose type byte is ``!`` (only its low three bits count); a
+    length whose one's complement is a valid two-byte UTF-8 sequence; the padding string is grown
+    until the adler-32 trailer is printable too.
+    """
+    from airlock.scan.detect import is_text
+
+    for pad in range(0x4020, 0x8000):
+        body = payload[:-1] + b"V" + b"a" * pad + b"\n0."  # ... V<padding>\n POP STOP
+        n = len(body)
+        stream = b"x^!" + struct.pack("<HH", n, n ^ 0xFFFF) + body + struct.pack(">I", zlib.adler32(body))
+        if is_text(stream):
+            return stream
+    raise ValueError("no printable zlib stream")
+
+
+def joblib_zfile(stream: bytes, length: int) -> bytes:
+    """joblib's pre-0.10 ``ZF`` file: ``ZF`` + hex length padded to 19 bytes + the zlib stream."""
+    return b"ZF" + hex(length).encode().ljust(19) + stream

@@ -7,8 +7,9 @@ paths that escape the archive are reported (extracting them is an attack of its 
 whose decoder is not installed (7z, zstd, lz4) cannot be looked into: the tier decides.
 
 torch's pre-1.0 checkpoints were tar files of pickles (``sys_info``, ``pickle``, ``tensors``,
-``storages``); ``torch.load`` still reads them but refuses ``weights_only=True`` on them, and
-their storage stream interleaves pickles with raw bytes. Airlock refuses them outright.
+``storages``); ``torch.load(weights_only=False)`` still reads them - it unpickles ``storages``
+first, so that member alone is enough to run code - and their storage stream interleaves
+pickles with raw bytes. Airlock refuses any tar with a ``storages`` member outright.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from airlock.scan.context import Blob, ScanContext, inflate, read_chunks, spool
 
 _COMPRESSED_SUFFIXES = {".gz", ".bz2", ".xz", ".lzma", ".z"}
-_TORCH_TAR_MEMBERS = {"sys_info", "pickle", "tensors", "storages"}
+_TORCH_TAR_FIRST = "storages"  # torch's legacy_load: tar.extract("storages"), then pickle.load on it
 
 
 class BlobReader(io.RawIOBase):
@@ -105,7 +106,7 @@ def scan_tar(ctx: ScanContext, blob: Blob) -> str:
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             ctx.hit("archive.malformed", f"{where}: tar archive cannot be read: {exc}", blob)
             return "tar"
-        if {m.name for m in members} >= _TORCH_TAR_MEMBERS:
+        if any(m.name == _TORCH_TAR_FIRST for m in members):
             ctx.hit("torch.legacy_tar", f"{where}: torch pre-1.0 tar checkpoint (not loadable with weights_only)", blob)
         for member in members:
             ctx.check_time()

@@ -1,19 +1,22 @@
 """Content sniffing: what a blob *is*, from its bytes alone (never from its name).
 
-The order matters: formats with a fixed magic first; then pickles (a PROTO header, or a
-protocol 0/1 stream that would import a global or complete); then safetensors (a length and a
-``{``); then compressed streams without a magic; then text; then protobuf layouts; else unknown.
-Scanners refine the result (a zip becomes ``pytorch_zip``, a pickle ``pytorch_legacy``).
+The order matters: formats with a fixed magic first; then joblib's legacy ``ZF`` file and
+anything ``tarfile`` opens (both by the loaders' own rules: a parsable ZF header and zlib
+stream, a valid tar header checksum - neither needs a byte outside printable text); then
+pickles (a PROTO header, or a protocol 0/1 stream that would import a global or complete);
+then safetensors (a length and a ``{``); then compressed streams without a magic (as joblib
+recognises them); then text; then protobuf layouts; else unknown. Scanners refine the result
+(a zip becomes ``pytorch_zip``, a pickle ``pytorch_legacy``), and
+:func:`~airlock.scan.legacy_scan.scan_other_readings` scans the readings other loaders make.
 """
 
 from __future__ import annotations
 
 import codecs
-import lzma
 import re
-import zlib
 
 from airlock.scan.context import Blob
+from airlock.scan.legacy_scan import joblib_would_decode, tarfile_would_open
 from airlock.scan.onnx_scan import looks_like_onnx
 from airlock.scan.pickle_scan import starts_like_pickle
 from airlock.scan.pickle_vm import PICKLE_OPCODES, probe_pickle
@@ -53,11 +56,13 @@ def sniff(blob: Blob) -> str:
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             return fmt
+    if head.startswith(b"ZF") and joblib_would_decode(blob, "joblib_zfile"):
+        return "joblib_zfile"  # joblib.load checks for ZF before anything else
     if head.startswith(b"BZh") and head[3:4].isdigit() and head[3:4] != b"0":
         return "bz2"
     if head[:2] == b"MZ" and _is_pe(blob):
         return "native_code"
-    if len(head) >= 262 and head[257:262] == b"ustar":
+    if (len(head) >= 262 and head[257:262] == b"ustar") or tarfile_would_open(blob):
         return "tar"
     if starts_like_pickle(head):
         return "pickle"
@@ -67,7 +72,7 @@ def sniff(blob: Blob) -> str:
         return "pyc"
     if head[0] in PICKLE_OPCODES and probe_pickle(blob.buf, blob.start, blob.end):
         return "pickle"
-    compressed = _compressed_without_magic(head)
+    compressed = _compressed_without_magic(blob, head)
     if compressed:
         return compressed
     if is_text(blob.head(TEXT_SNIFF_BYTES)):
@@ -116,18 +121,14 @@ def _is_pyc(head: bytes) -> bool:
     return 3000 <= magic < 4000 or magic == 62211
 
 
-def _compressed_without_magic(head: bytes) -> str | None:
-    """zlib (joblib's default compressor) and legacy .lzma streams have no fixed magic: try them."""
-    if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0:
-        try:
-            zlib.decompressobj().decompress(head, 64)
-            return "zlib"
-        except zlib.error:
-            pass
-    if len(head) >= 13 and head[0] == 0x5D and head[1:3] == b"\x00\x00":
-        try:
-            lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(head, 64)
-            return "lzma"
-        except lzma.LZMAError:
-            pass
+def _compressed_without_magic(blob: Blob, head: bytes) -> str | None:
+    """zlib (joblib's default compressor) and legacy .lzma streams have no fixed magic: try them.
+
+    Recognised as ``joblib.load`` recognises them (prefixes ``x`` and ``]\\0``), when its
+    decoder (zlib, ``lzma.LZMAFile``'s automatic format) decodes what joblib's first read needs.
+    """
+    if head.startswith(b"\x78") and joblib_would_decode(blob, "zlib"):  # zlib checks its header's checksum
+        return "zlib"
+    if head.startswith(b"\x5d\x00") and joblib_would_decode(blob, "lzma"):
+        return "lzma"
     return None

@@ -110,10 +110,14 @@ def _parse(ctx: ScanContext, blob: Blob) -> list[tuple[str, str]]:
         raise GGUFError(f"{n_tensors} tensors / {n_kv} metadata entries exceed the limits")
     templates: list[tuple[str, str]] = []
     alignment = DEFAULT_ALIGNMENT
+    keys: set[str] = set()
     for i in range(n_kv):
         if i % 1024 == 0:
             ctx.check_time()
         key = r.string()
+        if key in keys:  # llama.cpp refuses the file, gguf-py keeps the first value, dict readers the last
+            raise GGUFError(f"metadata key {key!r} appears twice")
+        keys.add(key)
         value = r.value(r.unpack("<I"))
         if key.startswith("tokenizer.chat_template"):
             if not isinstance(value, str):

@@ -41,7 +41,8 @@ def scan_npy(ctx: ScanContext, blob: Blob) -> str:
             blob,
             data_offset,
         )
-        pickle_scan.scan_pickle(ctx, blob.tail_from(data_offset))
+        # np.load reads it with pickle.load: a NumpyArrayWrapper there is an object, not a raw array.
+        pickle_scan.scan_pickle(ctx, blob.tail_from(data_offset), reading="c")
         return "numpy"
     count = math.prod(shape)  # Python ints: a hostile shape cannot overflow
     expected = count * dtype.itemsize

@@ -11,7 +11,9 @@ Layouts handled here, by content:
   protocol version, sys info, the object, storage keys) and then raw storage records
   ``[int64 count][count * element size bytes]`` in key order. The records are checked against
   the storages the pickles declare, so nothing hides in the tail.
-* joblib: one pickle with raw array bytes after each NumpyArrayWrapper (see pickle_vm).
+* joblib: one pickle with raw array bytes after each NumpyArrayWrapper (see pickle_vm). Those
+  bytes are opcodes to every other loader (pickle.load, torch.load, np.load(allow_pickle=True)),
+  so a stream with joblib arrays is walked a second time the way those loaders read it.
 """
 
 from __future__ import annotations
@@ -53,10 +55,17 @@ def is_pickle_at(buf: Any, start: int, end: int) -> bool:
     return starts_like_pickle(bytes(buf[start : start + 2])) or probe_pickle(buf, start, end)
 
 
-def scan_pickle(ctx: ScanContext, blob: Blob) -> PickleScan:
-    """Walk every pickle in ``blob`` and report findings; returns the refined format."""
-    first = _walk(ctx, blob, blob.start)
+def scan_pickle(ctx: ScanContext, blob: Blob, *, reading: str = "joblib") -> PickleScan:
+    """Walk every pickle in ``blob`` and report findings; returns the refined format.
+
+    ``reading`` is who reads ``blob``: ``"joblib"`` for a file any loader may open (joblib.load's
+    pure-Python reading with its raw arrays, then the C reading of pickle.load/torch.load/np.load
+    where they differ); ``"python"`` for the pickle inside joblib's legacy ZF file (its
+    pure-Python unpickler, no array handling); ``"c"`` for an npy object array (pickle.load).
+    """
+    first = _walk(ctx, blob, blob.start, reading=reading)
     result = PickleScan("pickle", [first])
+    _check_plain_reading(ctx, blob, first)
     if not first.complete:
         return result
     if type(first.result) is int and first.result == TORCH_MAGIC_NUMBER:
@@ -65,7 +74,7 @@ def scan_pickle(ctx: ScanContext, blob: Blob) -> PickleScan:
         return result
     if first.uses_joblib:
         result.format = "joblib"
-    _scan_following_pickles(ctx, blob, result)
+    _scan_following_pickles(ctx, blob, result, reading)
     return result
 
 
@@ -76,15 +85,43 @@ def scan_pickle_format(ctx: ScanContext, blob: Blob) -> str:
 _PREFETCH = 64 << 20
 
 
-def _walk(ctx: ScanContext, blob: Blob, start: int) -> PickleWalk:
+def _walk(ctx: ScanContext, blob: Blob, start: int, *, reading: str = "joblib") -> PickleWalk:
     ctx.check_time()
     blob.prefetch(start - blob.start, _PREFETCH)
-    walk = walk_pickle(blob.buf, start, blob.end, check_time=ctx.check_time)
+    joblib, python = reading == "joblib", reading in ("joblib", "python")
+    walk = walk_pickle(blob.buf, start, blob.end, check_time=ctx.check_time, joblib=joblib, python=python)
     report_walk(ctx, blob, walk)
     return walk
 
 
-def _scan_following_pickles(ctx: ScanContext, blob: Blob, result: PickleScan) -> None:
+def _check_plain_reading(ctx: ScanContext, blob: Blob, walk: PickleWalk) -> None:
+    """joblib.load skips array data after NumpyArrayWrappers; every other loader reads those bytes as opcodes.
+
+    Walk the stream as pickle.load / torch.load / np.load(allow_pickle=True) do and report what
+    that reading would reach beyond the first array: two readings of one stream, the other one
+    reaching code, is a block at every tier. (A plain reading that breaks on the array bytes, as
+    with every real joblib file, reaches nothing: the loader raises there.)
+    """
+    if not walk.joblib_reads:
+        return
+    first_read = walk.joblib_reads[0]
+    ctx.check_time()
+    plain = walk_pickle(blob.buf, walk.start, blob.end, check_time=ctx.check_time, joblib=False, python=False)
+    where = ctx.where(blob)
+    for hit in plain.hits:
+        if hit.offset < first_read or hit.fatal:
+            continue  # the same opcodes as the joblib reading (reported there), or the loader raises here
+        offset = hit.offset - blob.start
+        ctx.hit(
+            "pickle.reading_differs",
+            f"{where} @{offset}: joblib.load reads the bytes from @{first_read - blob.start} as array data, "
+            f"pickle.load/torch.load/np.load read them as opcodes: {hit.detail}",
+            blob,
+            offset,
+        )
+
+
+def _scan_following_pickles(ctx: ScanContext, blob: Blob, result: PickleScan, reading: str) -> None:
     pos = result.walks[-1].end
     while pos < blob.end:
         if not is_pickle_at(blob.buf, pos, blob.end):
@@ -95,8 +132,9 @@ def _scan_following_pickles(ctx: ScanContext, blob: Blob, result: PickleScan) ->
                 pos - blob.start,
             )
             return
-        walk = _walk(ctx, blob, pos)
+        walk = _walk(ctx, blob, pos, reading=reading)
         result.walks.append(walk)
+        _check_plain_reading(ctx, blob, walk)
         if not walk.complete:
             return
         pos = walk.end
@@ -162,7 +200,7 @@ def _picklescan_opinion(ctx: ScanContext, blob: Blob, walk: PickleWalk) -> None:
 
 def _scan_torch_legacy(ctx: ScanContext, blob: Blob, result: PickleScan) -> None:
     for label in _LEGACY_PICKLES[1:]:
-        walk = _walk(ctx, blob, result.walks[-1].end)
+        walk = _walk(ctx, blob, result.walks[-1].end, reading="c")  # torch reads them with pickle's Unpickler
         result.walks.append(walk)
         if not walk.complete:
             ctx.hit("torch.legacy_tail", f"{ctx.where(blob)}: legacy torch {label} pickle is malformed", blob)

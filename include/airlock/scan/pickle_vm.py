@@ -10,6 +10,24 @@ the allowlist. Whatever it cannot resolve is a hit, never a pass.
 
 Semantics follow CPython's C unpickler (``Modules/_pickle.c``), including the protocol < 3
 renaming of Python 2 module names (``__builtin__`` -> ``builtins``) that ``find_class`` applies.
+Dicts are last-wins like CPython's (``{"a": 1, "a": 2}`` is ``{"a": 2}``).
+
+Two readings of one stream exist, and a walk takes one of them (``joblib``):
+
+* ``joblib.load`` (``NumpyUnpickler``, the pure-Python unpickler): after ``BUILD`` of a
+  ``NumpyArrayWrapper`` it reads the array's bytes from the file itself - raw bytes, or a
+  nested pickle when numpy says the dtype holds objects. The wrapper's attributes and its
+  dtype are rebuilt here as the Python unpickler and numpy rebuild them (``__init__`` or
+  ``__new__``, every ``BUILD`` state, numpy's own ``dtype.__setstate__`` with its flags); a
+  layout that is not certain is a finding, never a guess.
+* ``pickle.load`` / ``torch.load`` / ``np.load(allow_pickle=True)``: the same bytes are opcodes.
+
+joblib reads with the pure-Python unpickler (``pickle._Unpickler``), which differs from the C one
+in ways that matter (``python``): a line cut by the end of the file is still read
+(``readline()[:-1]`` drops its last character instead of the newline), INST imports its class
+before it looks for the MARK, a FRAME longer than the rest of the file is a short read, not an
+error, and REDUCE calls with any iterable. Whether bytes are a pickle at all is decided by
+either unpickler importing a global (:func:`probe_pickle`).
 """
 
 from __future__ import annotations
@@ -61,12 +79,22 @@ class GlobalRef:
 
 @dataclass(slots=True, eq=False)
 class Instance:
-    """What a call (REDUCE, NEWOBJ, INST, OBJ) returns; ``factory`` is the allowlisted global called."""
+    """What a call (REDUCE, NEWOBJ, INST, OBJ) returns; ``factory`` is the allowlisted global called.
+
+    ``opname`` says how it was made (REDUCE, INST and OBJ with arguments run ``__init__``; NEWOBJ,
+    NEWOBJ_EX and argument-less INST/OBJ only ``__new__``); ``states`` are its BUILD states in order.
+    """
 
     factory: GlobalRef
     args: Any
     offset: int
-    state: Any = None
+    opname: str = "REDUCE"
+    states: list[Any] = field(default_factory=list)
+    cache: Any = None  # (number of states, value) derived from it (a numpy dtype)
+
+    @property
+    def state(self) -> Any:
+        return self.states[-1] if self.states else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,18 +111,63 @@ class ListV:
     items: list[Any] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _GlobalKey:
+    """A global used as a dict key: the unpickler's objects for one global are one object."""
+
+    module: str
+    name: str
+
+
+_LITERAL_KEYS = (str, bytes, int, float, complex, bool, type(None))
+
+
+def _dict_key(key: Any) -> Any:
+    """``key`` as CPython's dict would compare it, or :data:`_UNKNOWN_KEY` when that cannot be known."""
+    if isinstance(key, _LITERAL_KEYS):
+        return key  # real Python values: 1 == 1.0 == True collide here exactly as in the loader's dict
+    if isinstance(key, tuple):
+        parts = tuple(_dict_key(k) for k in key)
+        return _UNKNOWN_KEY if _UNKNOWN_KEY in parts else parts
+    if isinstance(key, GlobalRef) and key.resolved:
+        return _GlobalKey(key.module, key.name)
+    # Long strings (kept as their length only), instances (a torch.Size equals a tuple), unhashables.
+    return _UNKNOWN_KEY
+
+
+_UNKNOWN_KEY = object()
+
+
 @dataclass(slots=True, eq=False)
 class DictV:
-    items: list[tuple[Any, Any]] = field(default_factory=list)
+    """A dict the stream builds: last-wins like CPython's, in first-insertion order.
+
+    ``uncertain`` is set when a key's equality with the others cannot be known (a long string, an
+    object): then nobody may rely on which value a key ends up with.
+    """
+
+    entries: dict[Any, Any] = field(default_factory=dict)
+    uncertain: bool = False
+
+    @classmethod
+    def of(cls, pairs: Any) -> DictV:
+        d = cls()
+        for key, value in pairs:
+            d.set(key, value)
+        return d
+
+    def set(self, key: Any, value: Any) -> None:
+        k = _dict_key(key)
+        if k is _UNKNOWN_KEY:
+            self.uncertain = True
+        else:
+            self.entries[k] = value
 
     def get(self, key: str) -> Any:
-        for k, v in self.items:
-            if k == key:
-                return v
-        return None
+        return self.entries.get(key)
 
     def keys(self) -> list[Any]:
-        return [k for k, _ in self.items]
+        return list(self.entries)
 
 
 @dataclass(slots=True, eq=False)
@@ -111,6 +184,7 @@ class VmHit:
     rule: str
     detail: str
     offset: int
+    fatal: bool = False  # the unpickler raises right here (before importing or calling anything)
 
 
 @dataclass
@@ -130,6 +204,8 @@ class PickleWalk:
     nested: list[PickleWalk] = field(default_factory=list)  # joblib object arrays: a pickle inside the pickle
     error: PickleError | None = None
     suppressed_hits: int = 0
+    # Offsets where joblib.load reads array data (raw or a nested pickle) that other loaders read as opcodes.
+    joblib_reads: list[int] = field(default_factory=list)
 
     @property
     def imports_globals(self) -> bool:
@@ -149,7 +225,6 @@ class PickleWalk:
 # --------------------------------------------------------------------------- the machine
 
 _DOTTED_IDENTIFIER = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*\Z")
-_NUMPY_DTYPE_STR = re.compile(r"[?a-zA-Z]\d*(?:\[\w+\])?\Z")
 
 
 def _identifier(text: str) -> bool:
@@ -178,12 +253,21 @@ class PickleVM:
         *,
         check_time: Callable[[], None] | None = None,
         depth: int = 0,
+        joblib: bool = True,
+        python: bool | None = None,
+        persistent: bool = True,
+        eof: bool = True,
     ) -> None:
         self.buf = buf
         self.pos = start
         self.end = end
         self.check_time = check_time
         self.depth = depth
+        self.joblib = joblib  # read as joblib.load does (array data after NumpyArrayWrapper BUILDs)
+        self.python = joblib if python is None else python  # pickle._Unpickler (joblib's) instead of C's
+        self.eof = eof  # ``end`` is the end of the file (not of a probe window)
+        self.persistent = persistent  # the loader has a persistent_load (torch); pickle.load has none
+        self.frame_end = start  # end of the current FRAME: where a direct file read would start
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
@@ -205,6 +289,12 @@ class PickleVM:
     def _line(self) -> bytes:
         i = self.buf.find(b"\n", self.pos, self.end)
         if i < 0:
+            if self.python and self.eof and self.pos >= self.frame_end:
+                # pickle._Unpickler: readline() at EOF returns the rest of the file, and the
+                # "[:-1]" meant for the newline drops its last character instead.
+                data = self.buf[self.pos : self.end]
+                self.pos = self.end
+                return data[:-1]
             raise PickleError("truncated: line without newline", self._op_offset, truncated=True)
         data = self.buf[self.pos : i]
         self.pos = i + 1
@@ -248,11 +338,11 @@ class PickleVM:
 
     # ------------------------------------------------------------------ findings
 
-    def _hit(self, rule: str, detail: str, offset: int | None = None) -> None:
+    def _hit(self, rule: str, detail: str, offset: int | None = None, *, fatal: bool = False) -> None:
         if len(self.walk.hits) >= MAX_HITS_PER_STREAM:
             self.walk.suppressed_hits += 1
             return
-        self.walk.hits.append(VmHit(rule, detail, self._op_offset if offset is None else offset))
+        self.walk.hits.append(VmHit(rule, detail, self._op_offset if offset is None else offset, fatal))
 
     def _global(self, module: str, name: str, opname: str) -> GlobalRef:
         offset = self._op_offset
@@ -264,8 +354,8 @@ class PickleVM:
             self._hit("pickle.global.disallowed", f"{opname} imports {module}.{name}: {why}")
         return ref
 
-    def _unresolved(self, opname: str, why: str) -> GlobalRef:
-        self._hit("pickle.global.unresolved", f"{opname} target cannot be determined: {why}")
+    def _unresolved(self, opname: str, why: str, *, fatal: bool = False) -> GlobalRef:
+        self._hit("pickle.global.unresolved", f"{opname} target cannot be determined: {why}", fatal=fatal)
         ref = GlobalRef("?", "?", self._op_offset, resolved=False)
         self.walk.globals.append(ref)
         return ref
@@ -277,7 +367,7 @@ class PickleVM:
             if func.resolved and role is Role.REF:
                 self._hit("pickle.global.not_callable", f"{opname} calls {func.dotted}, which is only ever a value")
             # Disallowed or unresolved globals were reported where they were imported.
-            return Instance(func, args, self._op_offset)
+            return Instance(func, args, self._op_offset, opname)
         self._hit("pickle.call.non_global", f"{opname} calls a {_describe(func)}, not an allowlisted global")
         return Opaque("call-result")
 
@@ -332,43 +422,50 @@ class PickleVM:
     # ------------------------------------------------------------------ joblib
 
     def _joblib_array(self, wrapper: Instance) -> None:
-        """After BUILD of a NumpyArrayWrapper, joblib reads the array's bytes from the stream itself.
+        """After BUILD of a NumpyArrayWrapper, joblib reads the array's bytes from the file itself.
 
-        The layout (joblib/numpy_pickle.py ``write_array``): one padding-length byte and that
-        many padding bytes (when ``numpy_array_alignment_bytes`` is set), then ``count *
-        itemsize`` raw bytes; an object array is instead a nested pickle. Skip the raw bytes
-        (they are data, never opcodes) and walk a nested pickle like any other.
+        ``NumpyArrayWrapper.read_array`` (joblib/numpy_pickle.py): when numpy says the dtype holds
+        objects (``dtype.hasobject``), a complete pickle follows, read by a fresh pure-Python
+        unpickler (no array handling, no persistent_load); otherwise one padding-length byte and
+        that many padding bytes (when the wrapper has ``numpy_array_alignment_bytes``), then
+        ``count * itemsize`` raw bytes. The file is read directly, so the data starts where the
+        current FRAME ends. Any layout joblib would not read in exactly one way stops the walk
+        with a ``joblib.uncertain_layout`` finding that names the readings.
         """
-        state = wrapper.state
-        if not isinstance(state, DictV):
-            raise PickleError("joblib NumpyArrayWrapper state is not a dict", self._op_offset)
-        dtype = state.get("dtype")
-        shape = state.get("shape")
-        if not (isinstance(shape, tuple) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise PickleError("joblib NumpyArrayWrapper shape is not a tuple of sizes", self._op_offset)
-        itemsize = _joblib_itemsize(dtype)
+        at = self._op_offset
+        layout = wrapper_layout(wrapper)
         self._close_segment(self.pos)
-        if itemsize is None:
-            self._hit("joblib.unsupported_dtype", "joblib array dtype cannot be sized (structured or unknown)")
-            raise PickleError("joblib array of unsupported dtype", self._op_offset)
-        if itemsize == 0:  # object dtype: a complete pickle follows
+        if isinstance(layout, str):
+            self._hit("joblib.uncertain_layout", f"NumpyArrayWrapper made @{wrapper.offset}: {layout}", at)
+            raise PickleError("joblib array layout is not certain", at)
+        if self.pos < self.frame_end:
+            self._hit(
+                "joblib.uncertain_layout",
+                f"NumpyArrayWrapper BUILD inside a FRAME: joblib.load reads the array from @{self.frame_end} "
+                f"(after the frame) while its unpickler keeps reading opcodes at @{self.pos}",
+                at,
+            )
+            raise PickleError("joblib array read inside a pickle frame", at)
+        self.walk.joblib_reads.append(self.pos)
+        if layout.hasobject:
             if self.depth >= _MAX_NESTING:
-                raise PickleError("joblib object arrays nested too deep", self._op_offset)
-            inner = PickleVM(self.buf, self.pos, self.end, check_time=self.check_time, depth=self.depth + 1)
+                raise PickleError("joblib object arrays nested too deep", at)
+            inner = PickleVM(
+                self.buf, self.pos, self.end, check_time=self.check_time, depth=self.depth + 1,
+                joblib=False, python=True, persistent=False,
+            )  # fmt: skip
             walk = inner.run()
             self.walk.nested.append(walk)
             if not walk.complete:
                 raise PickleError("joblib object array: nested pickle is malformed", self.pos)
             self.pos = walk.end
         else:
-            if state.get("numpy_array_alignment_bytes") is not None:
+            if layout.padded:
                 padding = self._byte()
                 self._take(padding)
-            count = 1
-            for dim in shape:
-                count *= dim
-            self._take_raw(count * itemsize)
+            self._take_raw(layout.nbytes)
         self._segment_start = self.pos
+        self.frame_end = self.pos
         self.stack[-1] = Opaque("ndarray")
 
     def _take_raw(self, n: int) -> None:
@@ -387,31 +484,302 @@ def _describe(value: Any) -> str:
     return type(value).__name__ if not isinstance(value, (ListV, DictV, SetV)) else type(value).__name__[:-1].lower()
 
 
-def _joblib_itemsize(dtype: Any) -> int | None:
-    """Item size of a pickled ``numpy.dtype(str, False, True)``; 0 for object; None if unknown."""
-    if not (isinstance(dtype, Instance) and dtype.factory.key == ("numpy", "dtype")):
-        return None
-    args = dtype.args
-    if not (isinstance(args, tuple) and args and isinstance(args[0], str)):
-        return None
-    spec = args[0]
-    state = dtype.state
-    # numpy.dtype.__reduce__ state: (version, byteorder, subarray, names, fields, elsize, alignment, flags)
-    if isinstance(state, tuple) and len(state) >= 5 and (state[2] is not None or state[3] is not None):
-        return None  # sub-array or structured dtype
-    if not _NUMPY_DTYPE_STR.match(spec):
-        return None
-    if spec[0] == "O":
-        return 0
-    import numpy as np  # numpy parses the dtype string only: no code runs
+# --------------------------------------------------------------------------- joblib wrappers and numpy dtypes
 
+# NumpyArrayWrapper.__init__(subclass, shape, order, dtype, allow_mmap=False, numpy_array_alignment_bytes=16)
+_WRAPPER_INIT = ("subclass", "shape", "order", "dtype", "allow_mmap", "numpy_array_alignment_bytes")
+_WRAPPER_DEFAULTS = {"allow_mmap": False, "numpy_array_alignment_bytes": 16}
+_INT64_MAX = (1 << 63) - 1
+_MAX_DTYPE_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class WrapperLayout:
+    """How joblib.load reads one array: a nested pickle, or ``nbytes`` raw bytes (after padding)."""
+
+    hasobject: bool
+    padded: bool
+    nbytes: int
+
+
+def wrapper_layout(wrapper: Instance) -> WrapperLayout | str:
+    """The layout joblib reads for ``wrapper`` now, or why it is not certain (a blocking finding)."""
+    attrs = _wrapper_attrs(wrapper)
+    if isinstance(attrs, str):
+        return attrs
+    for name in ("dtype", "shape"):
+        if name not in attrs:
+            return f"no {name!r} attribute (joblib would fail; refusing to guess what it reads)"
+    dtype = numpy_dtype(attrs["dtype"])
+    if isinstance(dtype, str):
+        return f"dtype {dtype}"
+    shape = attrs["shape"]
+    dims = shape if isinstance(shape, tuple) else shape.items if isinstance(shape, ListV) else None
+    if dims is None or not all(type(d) is int and d >= 0 for d in dims):
+        return f"shape is {_describe(shape)} {shape!r:.80}, not a sequence of sizes"
+    count = 1
+    for dim in dims:
+        count *= dim
+    if count > _INT64_MAX:
+        return f"shape {tuple(dims)} overflows numpy's int64 element count (joblib would read a wrapped-around size)"
+    where = f"dtype {dtype.str} (itemsize {dtype.itemsize}, flags {dtype.flags:#x}), shape {tuple(dims)}"
+    if dtype.hasobject:
+        allow_mmap = attrs.get("allow_mmap", False)  # a missing attribute fails in mmap mode: no second reading
+        if _truth(allow_mmap) is not False:
+            return (
+                f"{where} holds objects and allow_mmap is {allow_mmap!r:.40}: joblib.load reads a nested pickle "
+                f"here, joblib.load(mmap_mode=...) maps {count * dtype.itemsize} raw bytes instead"
+            )
+        return WrapperLayout(hasobject=True, padded=False, nbytes=0)
+    if dtype.itemsize == 0:
+        return f"{where}: itemsize 0 (joblib divides by it; refusing to guess what it reads)"
+    padded = attrs.get("numpy_array_alignment_bytes") is not None
+    return WrapperLayout(hasobject=False, padded=padded, nbytes=count * dtype.itemsize)
+
+
+def _wrapper_attrs(wrapper: Instance) -> dict[str, Any] | str:
+    """The wrapper's ``__dict__`` as the pure-Python unpickler (joblib's) leaves it, or a problem.
+
+    REDUCE, and INST/OBJ with arguments, run ``__init__`` (defaults included); NEWOBJ, NEWOBJ_EX
+    and argument-less INST/OBJ only ``__new__``. Each BUILD then applies ``_Unpickler.load_build``:
+    ``state`` into ``__dict__``, then a ``(state, slotstate)`` pair's slotstate with setattr;
+    later keys win. Attributes joblib never writes (a ``read_array`` that shadows the method, a
+    ``__class__``) make the layout uncertain.
+    """
+    args = wrapper.args
+    if wrapper.opname == "REDUCE" or (wrapper.opname in ("INST", "OBJ") and args):
+        if not (isinstance(args, tuple) and 4 <= len(args) <= len(_WRAPPER_INIT)):
+            return f"NumpyArrayWrapper is called with {_describe(args)} {args!r:.60} (its __init__ raises)"
+        attrs: dict[str, Any] = dict(_WRAPPER_DEFAULTS)
+        attrs.update(zip(_WRAPPER_INIT, args, strict=False))
+    else:
+        attrs = {}
+    for state in wrapper.states:
+        slotstate = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slotstate = state
+        for part in (state, slotstate):
+            if _truth(part) is False:
+                continue  # load_build skips a falsy state
+            if not isinstance(part, DictV) or part.uncertain:
+                return f"BUILD state is {_describe(part)}, not a dict Airlock can read key by key"
+            for key, value in part.entries.items():
+                if key not in _WRAPPER_INIT:
+                    return f"BUILD state sets {key!r}, an attribute joblib never writes"
+                attrs[key] = value
+    return attrs
+
+
+def _truth(value: Any) -> bool | None:
+    """Python truthiness of a symbolic value, or None when it depends on an object Airlock did not build."""
+    if isinstance(value, _LITERAL_KEYS + (tuple,)):
+        return bool(value)
+    if isinstance(value, (ListV, SetV)):
+        return bool(value.items)
+    if isinstance(value, DictV):
+        return bool(value.entries) or value.uncertain  # an uncertain key is still a key
+    if isinstance(value, GlobalRef):
+        return True
+    return None
+
+
+def _build_snapshot(state: Any, *, deep: bool) -> Any:
+    """``state`` as BUILD consumes it, immune to the stream mutating its containers afterwards.
+
+    ``_Unpickler.load_build`` copies the state dict's items into ``__dict__`` (the values stay
+    shared: ``deep=False``); numpy's ``dtype.__setstate__`` turns the whole state into the
+    descriptor at once (``deep=True``).
+    """
+    if isinstance(state, DictV):
+        values = state.entries.items()
+        entries = {k: _build_snapshot(v, deep=True) if deep else v for k, v in values}
+        return DictV(entries, state.uncertain)
+    if isinstance(state, tuple):
+        return tuple(_build_snapshot(v, deep=deep) for v in state)
+    if deep and isinstance(state, ListV):
+        return ListV([_build_snapshot(v, deep=True) for v in state.items])
+    return state
+
+
+_NUMPY_DTYPE = ("numpy", "dtype")
+
+
+class _NotLiteral(Exception):
+    """A dtype the model cannot rebuild exactly, or one numpy would refuse (the message says which)."""
+
+
+@dataclass(frozen=True)
+class DtypeModel:
+    """What joblib asks of an array's dtype: ``itemsize`` and ``hasobject`` (``flags & NPY_ITEM_HASOBJECT``)."""
+
+    str: str
+    itemsize: int
+    hasobject: bool
+    flags: int
+
+
+_NPY_ITEM_HASOBJECT = 0x01
+_NPY_NEEDS_PYAPI = 0x10
+_NPY_ALIGNED_STRUCT = 0x80
+_NPY_FROM_FIELDS = 0x1B  # NEEDS_INIT | LIST_PICKLE | ITEM_REFCOUNT | NEEDS_PYAPI: what a struct inherits from fields
+_C_INT = (-(1 << 31), (1 << 31) - 1)
+
+
+def numpy_dtype(value: Any) -> DtypeModel | str:
+    """The dtype the loader builds for ``value``, or why that is not certain (a string).
+
+    ``numpy.dtype(spec, align, copy)`` is built by numpy itself from the pickled spec string.
+    Its BUILD states are applied by a model of numpy's ``arraydescr_setstate`` (numpy/_core/src/
+    multiarray/descriptor.c), not by calling it: numpy's own ``__setstate__`` crashes the process
+    on some hostile states, and a scanner must not run memory-unsafe code on its input. The
+    model covers the states numpy writes - version 3 (8 items) and 4 (9, with metadata) - and
+    refuses the rest:
+
+    * a built-in descriptor (``isbuiltin == 1``, what ``copy=False`` returns for ``f8``) ignores
+      ``__setstate__`` entirely;
+    * the flags are taken as given (a negative value down to -128 gets 128 added, numpy's old
+      ``char`` flags): ``hasobject`` is their ``NPY_ITEM_HASOBJECT`` bit, whatever the type -
+      a ``V8`` or even an ``f8`` can be made "object-holding", and an ``O8`` with cleared flags
+      has its raw bytes read as object pointers; so flags other than those numpy itself writes
+      for the type (derived from the fields for a structured type) are refused;
+    * flexible types (``S``, ``U``, ``V``) take their item size from the state's ``elsize``,
+      others keep numpy's.
+    """
+    if not (isinstance(value, Instance) and value.factory.key == _NUMPY_DTYPE):
+        return f"is {_describe(value)}, not a numpy.dtype"
     try:
-        size = int(np.dtype(spec).itemsize)
-    except (TypeError, ValueError):
-        return None
-    if size == 0 and isinstance(state, tuple) and len(state) >= 6 and isinstance(state[5], int) and state[5] > 0:
-        size = state[5]  # flexible types (S, U, V) carry their size in the state
-    return size if size > 0 else None
+        return _dtype_model(value, 0)
+    except _NotLiteral as exc:
+        return str(exc)
+
+
+def _dtype_model(inst: Instance, depth: int) -> DtypeModel:
+    if depth > _MAX_DTYPE_DEPTH:
+        raise _NotLiteral("nested too deep")
+    if inst.cache is not None and inst.cache[0] == len(inst.states):
+        return inst.cache[1]
+    base = _base_dtype(inst)
+    model = DtypeModel(base.str, int(base.itemsize), bool(base.hasobject), int(base.flags))
+    if inst.states and base.isbuiltin != 1:  # numpy's __setstate__ returns at once on built-ins
+        for state in inst.states:
+            model = _setstate_model(base, model, state, depth)
+    inst.cache = (len(inst.states), model)
+    return model
+
+
+def _base_dtype(inst: Instance) -> Any:
+    """``numpy.dtype(spec[, align[, copy]])`` for a pickled spec string, as the loader calls it."""
+    import numpy as np  # parsing a dtype string runs no Python code
+
+    args = inst.args
+    if inst.opname == "NEWOBJ_EX" and isinstance(args, tuple) and len(args) == 2:
+        args, kwargs = args
+        if not (isinstance(kwargs, DictV) and not kwargs.entries and not kwargs.uncertain):
+            raise _NotLiteral("numpy.dtype is given keyword arguments")
+    if not (isinstance(args, tuple) and 1 <= len(args) <= 3 and isinstance(args[0], str)):
+        raise _NotLiteral(f"numpy.dtype is called with {_describe(args)} {args!r:.60}, not a spec string and flags")
+    if not all(type(a) in (bool, int) for a in args[1:]):
+        raise _NotLiteral("numpy.dtype's align/copy arguments are not booleans")
+    spec, flags = args[0], [bool(a) for a in args[1:]]
+    try:
+        dtype = np.dtype(spec, *flags)
+        if inst.states and dtype.isbuiltin != 1 and np.dtype(spec, *flags) is dtype:
+            raise _NotLiteral(f"{dtype.str} is a descriptor numpy shares: its BUILD would change it everywhere")
+    except (TypeError, ValueError, OverflowError, KeyError, SyntaxError, RecursionError) as exc:
+        raise _NotLiteral(f"numpy rejects {spec!r:.40}: {type(exc).__name__}: {str(exc)[:100]}") from None
+    return dtype
+
+
+def _setstate_model(base: Any, model: DtypeModel, state: Any, depth: int) -> DtypeModel:
+    """One ``dtype.__setstate__(state)`` on a private descriptor, for the states numpy writes."""
+    if not (isinstance(state, tuple) and len(state) in (8, 9)):
+        raise _NotLiteral(f"BUILD state is {_describe(state)} {state!r:.60}, not numpy's 8- or 9-item tuple")
+    version, endian, subarray, names, fields, elsize, alignment, flags = state[:8]
+    if not all(type(v) in (int, bool) and _C_INT[0] <= v <= _C_INT[1] for v in (version, elsize, alignment, flags)):
+        raise _NotLiteral(f"BUILD state has non-integer version/elsize/alignment/flags {state!r:.80}")
+    if version not in (3, 4) or (version == 4) != (len(state) == 9):
+        raise _NotLiteral(f"BUILD state version {version} with {len(state)} items is not one numpy writes")
+    if not (isinstance(endian, str) and len(endian) == 1 and endian in "<>|="):
+        raise _NotLiteral(f"BUILD state byte order {endian!r:.20} is not one numpy writes")
+    if -128 <= flags < 0:
+        flags += 128  # numpy: "NumPy used to use a char. So normalize if signed."
+    elif flags < 0:
+        raise _NotLiteral(f"BUILD state flags {flags} overflow (numpy refuses them)")
+    hasobject = bool(flags & _NPY_ITEM_HASOBJECT)
+    flexible = base.kind in "SUV"  # PyTypeNum_ISEXTENDED: elsize and alignment come from the state
+    structured = subarray is not None or names is not None or fields is not None
+    if structured:
+        if base.kind != "V":
+            raise _NotLiteral(f"BUILD state gives a {base.str} fields or a sub-array (numpy never writes that)")
+        derived = _structure_flags(subarray, names, fields, depth)
+        held = bool(derived & _NPY_ITEM_HASOBJECT)
+        if held != hasobject:
+            raise _NotLiteral(
+                f"BUILD state flags {flags:#x} say hasobject={hasobject}, its fields/sub-array say {held}"
+            )
+        given = flags & ~_NPY_ALIGNED_STRUCT if names is not None else flags  # aligned or packed: both are numpy's
+    else:
+        derived, given = int(base.flags), flags
+    if given != derived:
+        # numpy applies the state's flags as given: an object dtype whose flags are cleared makes the loader read
+        # raw file bytes as object pointers (memory-unsafe), a numeric one with object flags reads a nested pickle.
+        raise _NotLiteral(f"BUILD state flags {flags:#x} are not the {derived:#x} numpy writes for this {base.str}")
+    if base.kind in "mM":
+        _check_datetime_metadata(state)
+    itemsize = elsize if flexible else model.itemsize
+    if flexible and elsize <= 0:
+        raise _NotLiteral(f"BUILD state gives {base.str} an element size of {elsize}")
+    return DtypeModel(model.str, itemsize, hasobject, flags)
+
+
+def _structure_flags(subarray: Any, names: Any, fields: Any, depth: int) -> int:
+    """The flags numpy derives for a void dtype from its sub-array or fields (aligned-struct bit aside)."""
+    if subarray is not None:
+        if names is not None or fields is not None:
+            raise _NotLiteral("BUILD state gives both a sub-array and fields")
+        if not (isinstance(subarray, tuple) and len(subarray) == 2 and isinstance(subarray[1], tuple)):
+            raise _NotLiteral(f"BUILD state sub-array is {subarray!r:.60}, not (dtype, shape)")
+        if not all(type(d) is int and d >= 0 for d in subarray[1]):
+            raise _NotLiteral(f"BUILD state sub-array shape {subarray[1]!r:.40} is not a tuple of sizes")
+        return _field_dtype(subarray[0], depth).flags  # a sub-array takes its base's flags
+    if not (isinstance(names, tuple) and all(isinstance(n, str) for n in names)):
+        raise _NotLiteral(f"BUILD state field names are {names!r:.60}, not a tuple of strings")
+    if not (isinstance(fields, DictV) and not fields.uncertain and set(fields.entries) == set(names)):
+        raise _NotLiteral("BUILD state fields do not match its names")
+    derived = _NPY_NEEDS_PYAPI  # every structured dtype (numpy's _convert_from_dict / _from_list)
+    for entry in fields.entries.values():
+        if not (isinstance(entry, tuple) and len(entry) in (2, 3) and type(entry[1]) is int):
+            raise _NotLiteral(f"BUILD state field {entry!r:.60} is not (dtype, offset[, title])")
+        derived |= _field_dtype(entry[0], depth).flags & _NPY_FROM_FIELDS
+    return derived
+
+
+def _field_dtype(value: Any, depth: int) -> DtypeModel:
+    if not (isinstance(value, Instance) and value.factory.key == _NUMPY_DTYPE):
+        raise _NotLiteral(f"a field or sub-array dtype is {_describe(value)}")
+    return _dtype_model(value, depth + 1)
+
+
+def _check_datetime_metadata(state: tuple[Any, ...]) -> None:
+    """datetime64/timedelta64 states carry ``(metadata dict or None, (unit, num, den, events))``."""
+    meta = state[8] if len(state) == 9 else None
+    if not (isinstance(meta, tuple) and len(meta) == 2 and isinstance(meta[1], tuple) and len(meta[1]) == 4):
+        raise _NotLiteral(f"datetime BUILD state metadata {meta!r:.60} is not numpy's (dict, (unit, num, den, events))")
+    unit = meta[1][0]
+    if not (isinstance(unit, (str, bytes)) or _is_latin1_bytes(unit)):
+        raise _NotLiteral(f"datetime BUILD state unit {unit!r:.40} is not a string")
+
+
+def _is_latin1_bytes(value: Any) -> bool:
+    """Protocol < 3 writes bytes as ``_codecs.encode(text, "latin1")``."""
+    return (
+        isinstance(value, Instance)
+        and value.factory.key == ("_codecs", "encode")
+        and isinstance(value.args, tuple)
+        and len(value.args) == 2
+        and isinstance(value.args[0], str)
+        and value.args[1] in ("latin1", "latin-1")
+    )
 
 
 # --------------------------------------------------------------------------- opcode handlers
@@ -427,6 +795,10 @@ def _op_mark(vm: PickleVM) -> bool:
 
 def _op_stop(vm: PickleVM) -> bool:
     vm.walk.result = vm._pop()
+    if vm.pos < vm.frame_end:
+        # The pure-Python unpickler has read the whole frame from the file, the C one maybe not:
+        # where the next read (a joblib array, the next pickle) starts depends on the loader.
+        vm._hit("pickle.frame_overrun", f"STOP inside a FRAME that runs {vm.frame_end - vm.pos} bytes further")
     return True
 
 
@@ -458,8 +830,13 @@ def _op_proto(vm: PickleVM) -> bool:
 
 def _op_frame(vm: PickleVM) -> bool:
     size = vm._unpack("<Q", 8)
+    if vm.python and vm.pos < vm.frame_end:
+        raise PickleError("a FRAME before the end of the current one", vm._op_offset)  # _Unframer refuses
     if size > vm.end - vm.pos:
-        raise PickleError(f"FRAME of {size} bytes runs past the end", vm._op_offset)
+        if not (vm.python and vm.eof):  # C: truncated; a probe window: look further
+            raise PickleError(f"FRAME of {size} bytes runs past the end", vm._op_offset, truncated=True)
+        size = vm.end - vm.pos  # _Unframer.load_frame reads what there is: a short frame
+    vm.frame_end = vm.pos + size
     return False
 
 
@@ -497,14 +874,13 @@ def _op_int(vm: PickleVM) -> bool:
     return False
 
 
-def _parse_int(text: bytes, offset: int) -> int:
+def _parse_int(text: bytes, offset: int, base: int = 0) -> int:
+    """INT/LONG literals parse with base 0 (``int(data, 0)`` in the pure-Python unpickler), GET/PUT with
+    base 10. Forms only C's ``strtol`` accepts (``007``) stop the walk: fail closed, never a guess."""
     try:
-        return int(text.decode("ascii"), 0)
+        return int(text.decode("ascii"), base)
     except (UnicodeDecodeError, ValueError):
-        try:
-            return int(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            raise PickleError(f"invalid integer literal {text[:40]!r}", offset) from None
+        raise PickleError(f"invalid integer literal {text[:40]!r}", offset) from None
 
 
 def _op_long(vm: PickleVM) -> bool:
@@ -701,7 +1077,7 @@ def _op_dict(vm: PickleVM) -> bool:
     items = vm._pop_mark()
     if len(items) % 2:
         raise PickleError("odd number of items for DICT", vm._op_offset)
-    vm._push(DictV(list(zip(items[::2], items[1::2], strict=True))))
+    vm._push(DictV.of(zip(items[::2], items[1::2], strict=True)))
     return False
 
 
@@ -729,7 +1105,7 @@ def _op_setitem(vm: PickleVM) -> bool:
     target = vm._top()
     vm._check_target(target, "SETITEM", (DictV,))
     if isinstance(target, DictV):
-        target.items.append((key, value))
+        target.set(key, value)
     return False
 
 
@@ -740,7 +1116,8 @@ def _op_setitems(vm: PickleVM) -> bool:
     target = vm._top()
     vm._check_target(target, "SETITEMS", (DictV,))
     if isinstance(target, DictV):
-        target.items.extend(zip(items[::2], items[1::2], strict=True))
+        for key, value in zip(items[::2], items[1::2], strict=True):
+            target.set(key, value)
     return False
 
 
@@ -765,12 +1142,12 @@ def _memo_get(vm: PickleVM, index: int) -> None:
     try:
         vm.stack.append(vm.memo[index])
     except KeyError:
-        vm._hit("pickle.memo.missing", f"memo slot {index} is read but was never written")
+        vm._hit("pickle.memo.missing", f"memo slot {index} is read but was never written", fatal=True)
         raise PickleError(f"memo slot {index} was never written", vm._op_offset) from None
 
 
 def _op_get(vm: PickleVM) -> bool:
-    _memo_get(vm, _parse_int(vm._line(), vm._op_offset))
+    _memo_get(vm, _parse_int(vm._line(), vm._op_offset, 10))
     return False
 
 
@@ -793,7 +1170,7 @@ def _memo_put(vm: PickleVM, index: int) -> None:
 
 
 def _op_put(vm: PickleVM) -> bool:
-    _memo_put(vm, _parse_int(vm._line(), vm._op_offset))
+    _memo_put(vm, _parse_int(vm._line(), vm._op_offset, 10))
     return False
 
 
@@ -842,15 +1219,24 @@ def _op_stack_global(vm: PickleVM) -> bool:
         vm._push(vm._global(module, name, "STACK_GLOBAL"))
     else:
         why = f"operands are a {_describe(module)} and a {_describe(name)}, not two strings"
-        vm._push(vm._unresolved("STACK_GLOBAL", why))
+        # Long strings are kept as their length only: those could still name something.
+        maybe_str = all(isinstance(v, str) or (isinstance(v, Opaque) and v.kind == "str") for v in (module, name))
+        vm._push(vm._unresolved("STACK_GLOBAL", why, fatal=not maybe_str))
     return False
 
 
 def _op_inst(vm: PickleVM) -> bool:
-    args = tuple(vm._pop_mark())  # the C unpickler finds the MARK before reading the names
-    module = _global_line(vm, "INST module")
-    name = _global_line(vm, "INST")
-    vm._push(vm._call(vm._global(module, name, "INST"), args, "INST"))
+    if vm.python:  # pickle._Unpickler imports the class first, then pops the MARK (which may be missing)
+        module = _global_line(vm, "INST module")
+        name = _global_line(vm, "INST")
+        ref = vm._global(module, name, "INST")
+        args = tuple(vm._pop_mark())
+    else:  # the C unpickler finds the MARK before reading the names
+        args = tuple(vm._pop_mark())
+        module = _global_line(vm, "INST module")
+        name = _global_line(vm, "INST")
+        ref = vm._global(module, name, "INST")
+    vm._push(vm._call(ref, args, "INST"))
     return False
 
 
@@ -876,7 +1262,7 @@ def _op_ext(size: int) -> Callable[[PickleVM], bool]:
 def _op_reduce(vm: PickleVM) -> bool:
     args = vm._pop()
     func = vm._pop()
-    if not isinstance(args, tuple):  # the unpickler raises TypeError before calling
+    if not isinstance(args, tuple) and not vm.python:  # C raises TypeError; pickle._Unpickler calls func(*args)
         raise PickleError(f"REDUCE argument is a {_describe(args)}, not a tuple", vm._op_offset)
     vm._push(vm._call(func, args, "REDUCE"))
     return False
@@ -901,8 +1287,13 @@ def _op_build(vm: PickleVM) -> bool:
     state = vm._pop()
     inst = vm._top()
     if isinstance(inst, Instance):
-        inst.state = state
-        if inst.factory.key == JOBLIB_ARRAY_WRAPPER:
+        key = inst.factory.key
+        if key == JOBLIB_ARRAY_WRAPPER:
+            state = _build_snapshot(state, deep=False)
+        elif key == _NUMPY_DTYPE:
+            state = _build_snapshot(state, deep=True)
+        inst.states.append(state)
+        if vm.joblib and key == JOBLIB_ARRAY_WRAPPER:
             vm._joblib_array(inst)
         return False
     # BUILD on a class sets class attributes; on anything else it calls a __setstate__ Airlock
@@ -911,8 +1302,14 @@ def _op_build(vm: PickleVM) -> bool:
     return False
 
 
+def _no_persistent_load(vm: PickleVM) -> None:
+    if not vm.persistent:  # pickle.load / joblib.load have no persistent_load: UnpicklingError
+        raise PickleError("persistent id, and this loader has no persistent_load", vm._op_offset)
+
+
 def _op_persid(vm: PickleVM) -> bool:
     pid = vm._line()
+    _no_persistent_load(vm)
     vm.walk.persistent_ids.append(pid.decode("ascii", "replace"))
     vm._push(Opaque("persistent", value=pid))
     return False
@@ -920,6 +1317,7 @@ def _op_persid(vm: PickleVM) -> bool:
 
 def _op_binpersid(vm: PickleVM) -> bool:
     pid = vm._pop()
+    _no_persistent_load(vm)
     vm.walk.persistent_ids.append(pid)
     vm._push(Opaque("persistent", value=pid))
     return False
@@ -1004,10 +1402,33 @@ PICKLE_OPCODES = frozenset(_DISPATCH)
 
 
 def walk_pickle(
-    buf: Any, start: int = 0, end: int | None = None, *, check_time: Callable[[], None] | None = None
+    buf: Any,
+    start: int = 0,
+    end: int | None = None,
+    *,
+    check_time: Callable[[], None] | None = None,
+    joblib: bool = True,
+    python: bool | None = None,
+    persistent: bool = True,
 ) -> PickleWalk:
-    """Walk the pickle starting at ``buf[start]``; never imports, calls or allocates per the stream."""
-    return PickleVM(buf, start, len(buf) if end is None else end, check_time=check_time).run()
+    """Walk the pickle starting at ``buf[start]``; never imports, calls or allocates per the stream.
+
+    ``joblib`` picks the reading and ``python`` the unpickler (by default the pure-Python one
+    exactly when reading as joblib; see the module docstring); ``persistent`` says whether the
+    loader has a persistent_load (torch's unpicklers do, ``pickle.load`` and joblib do not).
+    """
+    end = len(buf) if end is None else end
+    vm = PickleVM(buf, start, end, check_time=check_time, joblib=joblib, python=python, persistent=persistent)
+    return vm.run()
+
+
+def _imports_a_global(buf: Any, start: int, stop: int, end: int, persistent: bool = True) -> PickleWalk:
+    """Walk as the pure-Python and as the C unpickler; the first walk that imports a global, else the C one."""
+    eof = stop >= end
+    walk = PickleVM(buf, start, stop, python=True, joblib=False, persistent=persistent, eof=eof).run()
+    if walk.imports_globals:
+        return walk
+    return PickleVM(buf, start, stop, python=False, joblib=False, persistent=persistent, eof=eof).run()
 
 
 def probe_pickle(buf: Any, start: int = 0, end: int | None = None, *, limit: int = 1 << 20) -> bool:
@@ -1021,7 +1442,7 @@ def probe_pickle(buf: Any, start: int = 0, end: int | None = None, *, limit: int
     """
     end = len(buf) if end is None else end
     while True:
-        walk = PickleVM(buf, start, min(end, start + limit)).run()
+        walk = _imports_a_global(buf, start, min(end, start + limit), end)
         if walk.imports_globals:
             return True
         if walk.error is not None and walk.error.truncated and end > start + limit:
@@ -1034,8 +1455,14 @@ def probe_pickle(buf: Any, start: int = 0, end: int | None = None, *, limit: int
         start = walk.end  # a data-only pickle followed by more bytes: is that a pickle?
 
 
-def resolves_a_global(buf: Any, start: int, end: int, *, limit: int = 1 << 20) -> bool:
-    """Does a pickle walk from ``start`` import a global before it stops or breaks?"""
+def resolves_a_global(
+    buf: Any, start: int, end: int, *, limit: int | None = 1 << 20, persistent: bool = True
+) -> bool:
+    """Does a pickle walk from ``start`` import a global before it stops or breaks?
+
+    ``limit=None`` walks to ``end`` (a loader reads as far as the opcodes go).
+    """
     if end <= start or buf[start] not in PICKLE_OPCODES:
         return False
-    return PickleVM(buf, start, min(end, start + limit)).run().imports_globals
+    stop = end if limit is None else min(end, start + limit)
+    return _imports_a_global(buf, start, stop, end, persistent).imports_globals

@@ -37,6 +37,10 @@ RULES: dict[str, Rule] = {
     "pickle.malformed": Rule(S.HIGH, C.MALFORMED, "truncated or malformed pickle stream"),
     "pickle.too_many_findings": Rule(S.HIGH, C.CODE_EXECUTION, "findings beyond the per-stream cap"),
     "pickle.trailing_data": Rule(S.MEDIUM, C.UNKNOWN, "bytes after the last pickle that are not a pickle"),
+    "pickle.reading_differs": Rule(
+        S.CRITICAL, C.CODE_EXECUTION, "bytes joblib.load reads as array data are opcodes to pickle.load/torch.load"
+    ),
+    "pickle.frame_overrun": Rule(S.HIGH, C.MALFORMED, "STOP inside a FRAME: loaders resume at different offsets"),
     "picklescan.dangerous_global": Rule(S.CRITICAL, C.CODE_EXECUTION, "picklescan (second opinion) flags a global"),
     "picklescan.error": Rule(S.HIGH, C.MALFORMED, "picklescan (second opinion) could not parse the stream"),
     # PyTorch containers.
@@ -46,12 +50,18 @@ RULES: dict[str, Rule] = {
     "torch.torchscript": Rule(S.HIGH, C.REMOTE_CODE, "TorchScript archive: code run by the TorchScript interpreter"),
     "torch.no_data_pkl": Rule(S.HIGH, C.MALFORMED, "torch zip without the data.pkl torch.load would read"),
     # Zip / archives.
-    "zip.name_mismatch": Rule(S.HIGH, C.CONTAINER_ANOMALY, "local header name differs from the central directory"),
+    # Two loaders (torch/miniz, numpy/zipfile, streaming readers) can read these zips differently:
+    # MALFORMED, so they block at every tier whatever the policy says about container anomalies.
+    "zip.name_mismatch": Rule(S.HIGH, C.MALFORMED, "member name read differently by different readers"),
     "zip.flag_bits": Rule(S.HIGH, C.CONTAINER_ANOMALY, "general-purpose flag bits no torch/numpy writer sets"),
-    "zip.bad_crc": Rule(S.HIGH, C.CONTAINER_ANOMALY, "member CRC-32 does not match its data"),
-    "zip.header_mismatch": Rule(S.MEDIUM, C.CONTAINER_ANOMALY, "local and central headers disagree"),
-    "zip.duplicate_name": Rule(S.HIGH, C.CONTAINER_ANOMALY, "two members share a name"),
-    "zip.overlap": Rule(S.HIGH, C.CONTAINER_ANOMALY, "member data ranges overlap"),
+    "zip.bad_crc": Rule(S.HIGH, C.MALFORMED, "member CRC-32 does not match its data (zipfile refuses, torch reads)"),
+    "zip.header_mismatch": Rule(S.HIGH, C.MALFORMED, "local and central headers disagree"),
+    "zip.duplicate_name": Rule(S.HIGH, C.MALFORMED, "two members share a name (exactly, by case, or in zipfile)"),
+    "zip.overlap": Rule(S.HIGH, C.MALFORMED, "members or directory share bytes"),
+    "zip.eocd_mismatch": Rule(S.CRITICAL, C.MALFORMED, "classic and zip64 end records (or entry counts) disagree"),
+    "zip.multiple_eocd": Rule(S.CRITICAL, C.MALFORMED, "more than one end-of-central-directory record"),
+    "zip.unaccounted_bytes": Rule(S.HIGH, C.MALFORMED, "bytes outside every member and the directory"),
+    "zip.descriptor_mismatch": Rule(S.HIGH, C.MALFORMED, "data descriptor missing or disagreeing with the header"),
     "zip.malformed": Rule(S.HIGH, C.MALFORMED, "zip structure cannot be parsed"),
     "zip.unsupported_method": Rule(S.HIGH, C.MALFORMED, "member compression Airlock cannot read"),
     "archive.path_traversal": Rule(S.HIGH, C.CONTAINER_ANOMALY, "member path is absolute or escapes the archive"),
@@ -64,7 +74,13 @@ RULES: dict[str, Rule] = {
     # NumPy.
     "numpy.object_dtype": Rule(S.HIGH, C.CODE_EXECUTION, "object-dtype array: np.load needs allow_pickle=True"),
     "numpy.malformed": Rule(S.HIGH, C.MALFORMED, "npy header or data length invalid"),
-    "joblib.unsupported_dtype": Rule(S.HIGH, C.MALFORMED, "joblib array whose dtype Airlock cannot size"),
+    "joblib.uncertain_layout": Rule(
+        S.HIGH, C.MALFORMED, "joblib array whose dtype, shape, object-ness or byte count is not certain"
+    ),
+    "joblib.zfile_malformed": Rule(S.HIGH, C.MALFORMED, "joblib 'ZF' legacy file whose header or data is invalid"),
+    # Loader dispatch (readings.py): what torch.load, np.load, joblib.load and pickle.load would open.
+    "format.ambiguous": Rule(S.CRITICAL, C.MALFORMED, "loaders read the same bytes as different formats"),
+    "archive.undecodable": Rule(S.HIGH, C.UNSUPPORTED, "a loader would decompress it with a codec Airlock lacks"),
     # safetensors.
     "safetensors.header": Rule(S.HIGH, C.MALFORMED, "safetensors header invalid"),
     "safetensors.tensor": Rule(S.HIGH, C.MALFORMED, "safetensors tensor entry invalid"),
@@ -73,7 +89,11 @@ RULES: dict[str, Rule] = {
     # GGUF and chat templates.
     "gguf.malformed": Rule(S.HIGH, C.MALFORMED, "GGUF header, metadata or tensor table invalid"),
     "template.python_internals": Rule(S.CRITICAL, C.CODE_EXECUTION, "Jinja template reaches Python internals"),
+    "template.not_allowlisted": Rule(
+        S.HIGH, C.REMOTE_CODE, "chat template uses Jinja outside the allowlist (e.g. a computed subscript key)"
+    ),
     "template.unparsable": Rule(S.HIGH, C.MALFORMED, "chat template is not valid Jinja"),
+    "json.duplicate_key": Rule(S.HIGH, C.MALFORMED, "a JSON object repeats a key with different values"),
     # Keras / HDF5 / TensorFlow / ONNX.
     "keras.lambda_layer": Rule(S.CRITICAL, C.CODE_EXECUTION, "Keras Lambda layer (serialized Python code)"),
     "keras.custom_object": Rule(S.MEDIUM, C.REMOTE_CODE, "Keras layer class outside Keras (needs user code)"),

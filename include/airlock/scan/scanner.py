@@ -29,6 +29,7 @@ from airlock.scan import (
     detect,
     gguf_scan,
     keras_scan,
+    legacy_scan,
     numpy_scan,
     onnx_scan,
     pickle_scan,
@@ -44,7 +45,7 @@ from airlock.scan.report import FileReport, MemberReport, ScanError, ScanReport
 from airlock.scan.rules import Hit, to_finding
 
 # Formats whose loading unpickles; `allow_pickle_weights` decides.
-PICKLE_FORMATS = frozenset({"pickle", "pytorch_zip", "pytorch_legacy", "joblib", "torchscript"})
+PICKLE_FORMATS = frozenset({"pickle", "pytorch_zip", "pytorch_legacy", "joblib", "joblib_zfile", "torchscript"})
 # Other model formats; `allowed_model_formats` decides. (HDF5 cannot be parsed here: its
 # unscannable finding goes by `unknown_binary` instead.)
 MODEL_FORMATS = frozenset({"safetensors", "gguf", "onnx", "numpy", "numpy_npz", "keras", "tf_savedmodel"})
@@ -95,6 +96,7 @@ SCANNERS: dict[str, Scanner] = {
     "onnx": onnx_scan.scan_onnx,
     "tf_savedmodel": tf_scan.scan_savedmodel,
     "tar": archive_scan.scan_tar,
+    "joblib_zfile": legacy_scan.scan_joblib_zfile,
     "text": text_scan.scan_text,
     "unknown": _unknown,
     **{fmt: _compressed(fmt) for fmt in ("gzip", "bz2", "xz", "lzma", "zlib")},
@@ -109,6 +111,8 @@ def dispatch(ctx: ScanContext, blob: Blob, apply_policy: bool = True) -> str:
     scanner = SCANNERS.get(fmt)
     if scanner is not None:
         fmt = scanner(ctx, blob)
+    # What torch.load / joblib.load / np.load / pickle.load would open besides what the magic says.
+    fmt = legacy_scan.scan_other_readings(ctx, blob, fmt)
     claimed = CLAIMED_FORMATS.get(blob.suffix)
     if claimed is not None and fmt not in claimed and fmt != "empty":
         ctx.hit("format.mismatch", f"{ctx.where(blob)}: named {blob.suffix} but the content is {fmt}", blob)

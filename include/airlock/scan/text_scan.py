@@ -34,12 +34,27 @@ def scan_text(ctx: ScanContext, blob: Blob) -> str:
     if blob.suffix == ".jinja":
         check_template(ctx, blob, text, "chat template")
     if text.lstrip()[:1] in ("{", "["):
-        try:
-            value = json.loads(text)
+        duplicates: list[str] = []
+        try:  # json.loads as transformers reads it (last value wins), noting keys given twice
+            value = json.loads(text, object_pairs_hook=lambda pairs: _last_wins(pairs, duplicates))
         except (json.JSONDecodeError, RecursionError):
             return "text"
+        if duplicates:
+            # Python's json keeps the last value, other parsers the first or refuse the file: two
+            # readings of one config (a harmless chat_template for the scanner, another for a loader).
+            names = ", ".join(repr(k) for k in dict.fromkeys(duplicates))
+            ctx.hit("json.duplicate_key", f"{ctx.where(blob)}: keys given twice with different values: {names}", blob)
         return _scan_json(ctx, blob, value)
     return "text"
+
+
+def _last_wins(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out and out[key] != value and len(duplicates) < 8:
+            duplicates.append(key)
+        out[key] = value
+    return out
 
 
 def _scan_json(ctx: ScanContext, blob: Blob, value: Any) -> str:
@@ -55,10 +70,14 @@ def _scan_json(ctx: ScanContext, blob: Blob, value: Any) -> str:
     template = value.get("chat_template")
     if isinstance(template, str):
         check_template(ctx, blob, template, "chat_template")
-    elif isinstance(template, list):
+    elif isinstance(template, list):  # [{name, template}]: transformers turns it into a dict
         for item in template:
             if isinstance(item, dict) and isinstance(item.get("template"), str):
                 check_template(ctx, blob, item["template"], f"chat_template {item.get('name')!r}")
+    elif isinstance(template, dict):  # {name: template}: transformers keeps it as it is
+        for name, item in template.items():
+            if isinstance(item, str):
+                check_template(ctx, blob, item, f"chat_template {name!r}")
     return "json"
 
 
