@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 
 from airlock.config import load_settings
+from airlock.redact import redact_url
 
 HUB_CONN_ID = "airlock_hub"
 S3_CONN_ID = "airlock_s3"
@@ -17,14 +18,19 @@ S3_CONN_ID = "airlock_s3"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class HubAccess:
+    """The hub's real endpoint (it may carry credentials: only clients see it) and token."""
+
     endpoint: str
     token: str | None = field(default=None, repr=False)
     origin: str = "environment"
 
+    def __repr__(self) -> str:
+        return f"HubAccess(endpoint={redact_url(self.endpoint)!r}, origin={self.origin!r})"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class S3Access:
     """How to reach the S3-compatible store of vendor drops. Credentials stay out of ``repr``.
 
@@ -37,6 +43,15 @@ class S3Access:
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     origin: str = "environment"
+
+    def __repr__(self) -> str:
+        endpoint = redact_url(self.endpoint) if self.endpoint else None
+        return f"S3Access(endpoint={endpoint!r}, region={self.region!r}, origin={self.origin!r})"
+
+    @property
+    def where(self) -> str:
+        """The endpoint for messages: redacted, or "AWS" for the default endpoints."""
+        return redact_url(self.endpoint) if self.endpoint else "AWS"
 
     def client(self, max_pool_connections: int = 16):
         """A boto3 S3 client with bounded timeouts and standard retries (exponential backoff with jitter)."""

@@ -17,6 +17,15 @@ in parallel on a pool sized to the usable cores (hashlib releases the GIL), with
 whatever the model's size. The per-file stat fingerprint recorded with each
 digest lets a later task check, without re-reading, that nothing changed since
 the pass.
+
+A digest is only as good as the file staying put while it is read: each file's
+identity (device, inode), size, mtime and ctime are taken from the open file
+before the read and again after it, and the path is looked up again after it;
+any difference (an in-place rewrite of the same size, a rename-swap, a
+truncation) is a :class:`ManifestError` "changed while hashing" naming the file.
+ctime is what makes this hold against a writer that restores the mtime
+(``touch -d``, ``os.utime``): the kernel sets ctime on every change and nobody
+can set it back. Still one read pass: the checks are three ``stat`` calls.
 """
 
 from __future__ import annotations
@@ -80,6 +89,13 @@ class FileDigest:
     git_sha1: str | None = None
     mtime_ns: int = 0
     inode: int = 0
+    ctime_ns: int = 0
+    device: int = 0
+
+
+def _fingerprint(info: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What must not change while a file is hashed: identity, size, content and metadata change times."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 # --------------------------------------------------------------------------- walking
@@ -140,7 +156,10 @@ def _thread_buffer() -> memoryview:
 
 
 def hash_file(path: Path, relative: str, *, git_sha1: bool = False) -> FileDigest:
-    """sha256 (and optionally the git blob sha1) of one file in a single pass with flat memory."""
+    """sha256 (and optionally the git blob sha1) of one file in a single pass with flat memory.
+
+    Raises :class:`ManifestError` when the file changed while it was read (see the module docstring).
+    """
     try:
         # O_NOFOLLOW: a symlink swapped in after the walk is refused, never followed.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -165,8 +184,20 @@ def hash_file(path: Path, relative: str, *, git_sha1: bool = False) -> FileDiges
             if sha1 is not None:
                 sha1.update(chunk)
             total += count
+        after = os.fstat(fd)
     if total != info.st_size:
-        raise ManifestError(f"{relative}: changed while being hashed ({info.st_size} bytes at open, {total} read)")
+        raise ManifestError(f"{relative}: changed while hashing ({info.st_size} bytes at open, {total} read)")
+    if _fingerprint(after) != _fingerprint(info):
+        raise ManifestError(f"{relative}: changed while hashing (size, mtime or ctime moved during the read); "
+                            f"the digest would not describe the file, nothing recorded")
+    try:
+        # The path must still name the file that was read: a rename-swap leaves the fd on the old inode.
+        now_at_path = os.lstat(path)
+    except OSError as exc:
+        raise ManifestError(f"{relative}: changed while hashing (gone after the read: {exc.strerror})") from None
+    if _fingerprint(now_at_path) != _fingerprint(info):
+        raise ManifestError(f"{relative}: changed while hashing (the path names another file, or its size, mtime "
+                            f"or ctime moved, after the read)")
     return FileDigest(
         path=relative,
         size=total,
@@ -174,6 +205,8 @@ def hash_file(path: Path, relative: str, *, git_sha1: bool = False) -> FileDiges
         git_sha1=sha1.hexdigest() if sha1 is not None else None,
         mtime_ns=info.st_mtime_ns,
         inode=info.st_ino,
+        ctime_ns=info.st_ctime_ns,
+        device=info.st_dev,
     )
 
 
@@ -190,6 +223,8 @@ def hash_files(
     hashed alone while the other cores idle. The first failure cancels what has
     not started and is raised.
     """
+    if workers is not None and workers < 1:
+        raise ManifestError(f"hashing needs at least one worker thread (got {workers})")
     want_sha1 = git_sha1_for or (lambda _path: False)
     ordered = sorted(files, key=lambda item: item[1], reverse=True)
     with ThreadPoolExecutor(max_workers=workers or usable_cores(), thread_name_prefix="airlock-hash") as pool:
@@ -363,10 +398,12 @@ class DigestSet(_Frozen):
 
 
 def check_unchanged(root: Path, recorded: DigestSet) -> None:
-    """Refuse when any file under ``root`` appeared, vanished or changed (size, mtime, inode) since the pass.
+    """Refuse when any file under ``root`` appeared, vanished or changed (size, mtime, ctime, inode) since the pass.
 
     Cheap (metadata only) and fails closed: a difference is an integrity error
-    naming the files, never a silent re-hash.
+    naming the files, never a silent re-hash. ctime catches a same-size rewrite
+    whose mtime was set back. A record from before ctime/device were kept (0)
+    compares unequal: such a pass is refused, not trusted.
     """
     on_disk = dict(walk_files(root))
     by_path = {d.path: d for d in recorded.files}
@@ -376,7 +413,8 @@ def check_unchanged(root: Path, recorded: DigestSet) -> None:
     for relative in sorted(set(on_disk) & set(by_path), key=path_sort_key):
         info = os.lstat(root / relative)
         digest = by_path[relative]
-        if (info.st_size, info.st_mtime_ns, info.st_ino) != (digest.size, digest.mtime_ns, digest.inode):
+        if (info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns, info.st_dev) != (
+                digest.size, digest.mtime_ns, digest.inode, digest.ctime_ns, digest.device):
             changed.append(relative)
     problems = [
         f"{label}: {', '.join(names)}"

@@ -23,6 +23,13 @@ moves while a run is in flight cannot change what Airlock ingests.
 Vendor manifests (``SHA256SUMS``, ``model.sig``) at the root of a drop are
 listed apart from the model files: they describe the drop, they are not part of
 the model.
+
+Endpoints may carry credentials (``http://user:token@hub``, ``?token=``). A
+:class:`ResolvedSource` travels through XCom and logs, so it keeps the endpoint
+redacted (:func:`airlock.redact.redact_url`) and every message names the
+redacted form; the real URL lives only in the connection objects
+(:class:`~airlock.connections.HubAccess`, :class:`~airlock.connections.S3Access`)
+the fetchers are built from.
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from airlock.errors import ManifestError, SourceError, SourceUnavailable
+from airlock.redact import REDACTED, redact_url
 
 if TYPE_CHECKING:
     from airlock.config import Settings
@@ -205,9 +213,15 @@ class ResolvedSource(BaseModel):
     location: str
     requested_revision: str | None
     revision: str = Field(description="the immutable revision every later stage uses (commit sha or drop digest)")
-    endpoint: str | None = None
+    endpoint: str | None = Field(default=None, description="where it was resolved, credentials redacted")
     files: tuple[PublishedFile, ...]
     vendor_manifests: tuple[PublishedFile, ...] = ()
+
+    @field_validator("endpoint")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # This record is XCom: whoever builds it, a credential in the endpoint URL never gets stored.
+        return redact_url(value) if value is not None else None
 
     @property
     def total_size(self) -> int:
@@ -283,7 +297,7 @@ def resolve_hf(ref: SourceRef, endpoint: str, token: str | None = None) -> Resol
     assert ref.requested_revision is not None
     # token=False, not None: never fall back to a token from the user's HF config files.
     api = HfApi(endpoint=endpoint, token=token or False)
-    where = f"{ref.uri}@{ref.requested_revision} on {endpoint}"
+    where = f"{ref.uri}@{ref.requested_revision} on {redact_url(endpoint)}"
     try:
         info = api.model_info(ref.repo_id, revision=ref.requested_revision)
         commit = info.sha
@@ -338,7 +352,7 @@ def resolve_s3(ref: SourceRef, access: S3Access) -> ResolvedSource:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, prefix = ref.location.partition("/")
-    where = f"{ref.uri} on {access.endpoint or 'AWS'}"
+    where = f"{ref.uri} on {access.where}"
     try:
         objects = _list_s3_objects(access.client(), bucket, prefix)
     except ClientError as exc:
@@ -489,7 +503,7 @@ def _silent_tqdm():
     return Silent
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class HfFetcher:
     """GET ``/<repo>/resolve/<commit>/<path>`` with huggingface_hub's streaming ``http_get``.
 
@@ -498,10 +512,14 @@ class HfFetcher:
     redirects, resumable retries and size check while Airlock owns the path.
     """
 
-    endpoint: str
+    endpoint: str  # the real URL (it may carry credentials): never printed, see __repr__
     repo_id: str
     revision: str
     token: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return (f"HfFetcher(endpoint={redact_url(self.endpoint)!r}, repo_id={self.repo_id!r}, "
+                f"revision={self.revision!r})")
 
     def fetch(self, file: PublishedFile, sink: Sink, offset: int) -> None:
         from huggingface_hub import hf_hub_url
@@ -611,11 +629,28 @@ def fetcher_for(resolved: ResolvedSource, *, hub: HubAccess | None = None, s3: S
 
     if resolved.kind == "hf":
         hub = hub or hub_access_from_env()
-        assert resolved.endpoint is not None
         return HfFetcher(
-            endpoint=resolved.endpoint, repo_id=resolved.location, revision=resolved.revision, token=hub.token
+            endpoint=_hub_endpoint(resolved, hub), repo_id=resolved.location, revision=resolved.revision,
+            token=hub.token,
         )
     if resolved.kind == "s3":
         access = s3 or s3_access_from_env()
         return S3Fetcher(client=access.client(), bucket=resolved.bucket, prefix=resolved.prefix)
     return FileFetcher(root=Path(resolved.location))
+
+
+def _hub_endpoint(resolved: ResolvedSource, hub: HubAccess) -> str:
+    """The real endpoint to fetch from: the connection's, when it is the one the source was resolved on.
+
+    The resolved record only has the redacted form. A credential-free endpoint
+    is usable as it is (``airlock resolve --endpoint`` may have named another
+    hub than the connection); a redacted one must be the connection's own.
+    """
+    if resolved.endpoint is None:
+        raise SourceError(f"{resolved.uri}: the resolved source names no hub endpoint")
+    if redact_url(hub.endpoint) == resolved.endpoint:
+        return hub.endpoint
+    if REDACTED not in resolved.endpoint:
+        return resolved.endpoint
+    raise SourceError(f"{resolved.uri}: resolved on {resolved.endpoint}, but the hub connection points to "
+                      f"{redact_url(hub.endpoint)}; credentials are never stored with the resolved source")

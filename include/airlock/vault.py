@@ -96,10 +96,15 @@ ClientFactory = Callable[[], hvac.Client]
 class VaultTarget:
     """Where the transit key lives and which identity talks to it (no secrets: safe to log)."""
 
-    addr: str
+    addr: str  # redacted on construction: it is for messages; clients get the real address separately
     transit_mount: str
     key_name: str
     identity: str  # e.g. "token from AIRLOCK_VAULT_TOKEN", "AppRole from connection airlock_vault"
+
+    def __post_init__(self) -> None:
+        from airlock.redact import redact_url
+
+        object.__setattr__(self, "addr", redact_url(self.addr))
 
 
 @dataclass(frozen=True)

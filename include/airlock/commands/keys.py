@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from airlock.cli import EXIT_OK
+from airlock.cli import EXIT_OK, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     revoke = verbs.add_parser("revoke", help="mark a key version revoked in the trust store")
     revoke.add_argument("--trust-store", type=Path, required=True)
-    revoke.add_argument("--version", type=int, required=True, help="the key version to revoke")
+    revoke.add_argument("--version", type=positive_int, required=True, help="the key version to revoke (1 or more)")
     revoke.add_argument("--reason", required=True, help="why (recorded in the trust store)")
     revoke.add_argument("--key-name", help="transit key name (default: AIRLOCK_VAULT_KEY)")
     revoke.set_defaults(handler=run_revoke)

@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from airlock.connections import hub_access_from_env
+    from airlock.redact import safe_text
     from airlock.sources import resolve
 
     hub = hub_access_from_env()
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{resolved.uri}@{resolved.requested_revision or 'current'} -> {resolved.revision}")
     for f in (*resolved.files, *resolved.vendor_manifests):
-        print(f"  {f.size:>12}  {_pin(f)}  {f.path}")
+        print(f"  {f.size:>12}  {safe_text(_pin(f))}  {safe_text(f.path)}")  # names and pins come from the server
     print(f"{len(resolved.files)} files, {resolved.total_size} bytes")
     return EXIT_OK
 

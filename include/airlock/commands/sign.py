@@ -21,11 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from airlock.redact import safe_text
     from airlock.signing import VaultTransitSigner, sign_directory
 
     signed, output = sign_directory(args.model_dir, VaultTransitSigner.from_env(), output=args.output,
                                     model_name=args.model_name)
-    print(f"model:  {signed.model_name} ({signed.file_count} files, root sha256:{signed.root_digest})")
+    print(f"model:  {safe_text(signed.model_name)} ({signed.file_count} files, root sha256:{signed.root_digest})")
     print(f"key:    {signed.key_id} (sha256:{signed.key_fingerprint})")
-    print(f"bundle: {output} (sha256:{signed.bundle_sha256})")
+    print(f"bundle: {safe_text(output)} (sha256:{signed.bundle_sha256})")
     return EXIT_OK

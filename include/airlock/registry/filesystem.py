@@ -7,15 +7,25 @@ written, fsynced and made read-only, and only then appear under their key via
 two writers can never both create a key and a reader can never see half a file.
 (``os.rename`` would silently replace an existing file; Python has no
 ``RENAME_NOREPLACE``.) A crash leaves at most a hidden partial file, which no
-reader looks at.
+reader looks at; the writer holds a ``flock`` on it while it lives, so the next
+promotion of the version (and ``airlock registry check --clean``) can tell a
+dead writer's partial from a live one and remove it (:mod:`airlock.registry.leftovers`).
+
+A registry root that exists but is not a directory is an error for every
+operation; a root that does not exist yet is an empty registry (the first
+promotion creates it), and the CLI's readers refuse it (:meth:`FilesystemStore.check_exists`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import stat
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,6 +36,8 @@ from airlock.registry.base import (
     Source,
     SourceChangedError,
 )
+import airlock.registry.leftovers as _policy  # module attributes: the thresholds stay adjustable (tests)
+from airlock.registry.leftovers import Leftover, describe_age
 
 _CHUNK = 1 << 20
 
@@ -47,12 +59,16 @@ class FilesystemStore:
 
     def put_if_absent(self, key: str, source: Source, size: int, sha256: str) -> bool:
         target = self._path(key)
+        self._check_root()
         if target.exists():  # cheap early answer; the link below is what decides
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex}.{target.name}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            written, digest = self._write_partial(partial, source)
+            # Held until the partial is unlinked below: proof, to a cleaner, that this writer is alive.
+            _try_lock(fd)
+            written, digest = self._write_partial(fd, source)
             if (written, digest) != (size, sha256):
                 raise SourceChangedError(
                     f"{_describe(source)} -> {key}: expected {size} bytes sha256:{sha256}, "
@@ -70,15 +86,15 @@ class FilesystemStore:
             _fsync_dir(target.parent)
             return True
         finally:
-            partial.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)  # while still locked: a cleaner never sees it unlocked and alive
+            os.close(fd)
 
     @staticmethod
-    def _write_partial(partial: Path, source: Source) -> tuple[int, str]:
-        """Write ``source`` to a new hidden file, hashing the very bytes written; read-only and fsynced."""
+    def _write_partial(fd: int, source: Source) -> tuple[int, str]:
+        """Write ``source`` to the new hidden file ``fd``, hashing the very bytes written; read-only and fsynced."""
         hasher = hashlib.sha256()
         written = 0
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with open(fd, "wb", closefd=True) as out:
+        with open(fd, "wb", closefd=False) as out:
             if isinstance(source, bytes):
                 hasher.update(source)
                 out.write(source)
@@ -128,6 +144,7 @@ class FilesystemStore:
             return None
 
     def list_keys(self, prefix: str) -> list[str]:
+        self._check_root()
         base = self._path(prefix.rstrip("/")) if prefix else self.root
         if not base.is_dir():
             return []
@@ -140,12 +157,85 @@ class FilesystemStore:
         return sorted(keys)
 
     def list_children(self, prefix: str) -> list[str]:
+        self._check_root()
         base = self._path(prefix.rstrip("/")) if prefix else self.root
         try:
             names = os.listdir(base)
         except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(n for n in names if not n.startswith(PARTIAL_PREFIX))
+
+    # ------------------------------------------------------------------ the root
+
+    def check_exists(self) -> None:
+        """Raise unless the root is an existing directory (readers: a missing root is a wrong setting)."""
+        try:
+            info = os.stat(self.root)
+        except FileNotFoundError:
+            raise RegistryError(f"registry {self.url} does not exist (check --registry / AIRLOCK_REGISTRY)") from None
+        except OSError as exc:
+            raise RegistryError(f"registry {self.url}: cannot read it ({exc.strerror})") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise RegistryError(f"registry {self.url} is not a directory")
+
+    def _check_root(self) -> None:
+        """A root that exists must be a directory; a missing one is an empty registry (the first write creates it)."""
+        try:
+            info = os.stat(self.root)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise RegistryError(f"registry {self.url}: cannot read it ({exc.strerror})") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise RegistryError(f"registry {self.url} is not a directory")
+
+    # ------------------------------------------------------------------ leftovers (airlock.registry.leftovers)
+
+    def leftovers(self, prefix: str, *, now: float | None = None) -> list[Leftover]:
+        """Partial files under ``prefix`` (recursive), each with whether a live writer still owns it."""
+        self._check_root()
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        if not base.is_dir():
+            return []
+        found = []
+        for directory, dirs, files in os.walk(base):
+            for name in (*files, *dirs):
+                if name.startswith(PARTIAL_PREFIX):
+                    item = self._leftover(Path(directory) / name, now)
+                    if item is not None:
+                        found.append(item)
+        return sorted(found, key=lambda item: item.key)
+
+    def remove_leftover(self, item: Leftover, *, now: float | None = None) -> bool:
+        path = self._path(item.key)
+        if not path.name.startswith(PARTIAL_PREFIX):  # never a key: only our own hidden partial names
+            raise RegistryError(f"{item.key}: not a partial file; refusing to remove it")
+        seen = _inspect_partial(path, now)
+        if seen is None:
+            return False
+        try:
+            if seen.live:
+                return False
+            current = os.lstat(path)
+            # Still the file we inspected (and hold the lock of), not one renamed into its place.
+            if seen.fd is not None and (seen.device, seen.inode) != (current.st_dev, current.st_ino):
+                return False
+            if stat.S_ISDIR(current.st_mode):
+                return False  # we never create partial directories; leave one for a person to look at
+            path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            seen.release()
+
+    def _leftover(self, path: Path, now: float | None) -> Leftover | None:
+        seen = _inspect_partial(path, now)
+        if seen is None:
+            return None  # gone in between: its writer finished
+        seen.release()
+        return Leftover(key=path.relative_to(self.root).as_posix(), kind="partial file", size=seen.size,
+                        age_s=seen.age, live=seen.live, why=seen.why)
 
     # ------------------------------------------------------------------ helpers
 
@@ -172,6 +262,79 @@ def _open_regular(path: Path):
         os.close(fd)
         raise RegistryError(f"{path}: not a regular file")
     return open(fd, "rb", closefd=True)
+
+
+def _try_lock(fd: int) -> None:
+    try:
+        # Blocking: a cleaner that is inspecting this brand-new partial holds the lock only for an instant
+        # (it is inside the grace period, so it lets go without removing anything).
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        pass  # a filesystem without locks: cleaners then go by age alone (PARTIAL_UNLOCKED_STALE_S)
+
+
+@dataclass
+class _Inspection:
+    """What a cleaner found out about one partial; ``fd`` (when not None) holds the partial's lock."""
+
+    live: bool
+    why: str
+    age: float
+    size: int
+    fd: int | None = None
+    device: int = 0
+    inode: int = 0
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _inspect_partial(path: Path, now: float | None) -> _Inspection | None:
+    """Whether a live writer owns the partial at ``path``; None when it is gone.
+
+    When the partial's lock could be taken, the returned inspection keeps it,
+    so the caller can remove the partial with no writer able to claim it in
+    between (none could anyway: partial names are never reused).
+    """
+    now = time.time() if now is None else now
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    # The last sign of life: writes move mtime, the final fchmod moves ctime.
+    age = max(0.0, now - max(info.st_mtime, info.st_ctime))
+    if not stat.S_ISREG(info.st_mode):
+        return _Inspection(False, "not a regular file", age, 0)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _Inspection(True, f"cannot open it ({exc.strerror}); left alone", age, info.st_size)
+    opened = os.fstat(fd)
+    seen = _Inspection(True, "", age, opened.st_size, fd=fd, device=opened.st_dev, inode=opened.st_ino)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        seen.release()
+        seen.why = "locked by a running writer"
+        return seen
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+            seen.release()
+            raise
+        seen.live = age < _policy.PARTIAL_UNLOCKED_STALE_S
+        seen.why = f"no locks on this filesystem, last written {describe_age(age)} ago"
+        return seen
+    # Nobody holds the lock: its writer is dead, unless this is the instant between creating and locking.
+    if age < _policy.PARTIAL_GRACE_S:
+        seen.why = f"unlocked, but written {describe_age(age)} ago (grace period)"
+    else:
+        seen.live = False
+        seen.why = f"no writer holds it, last written {describe_age(age)} ago"
+    return seen
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -25,6 +25,10 @@ Checksums, and why each step is there:
    back and hashed; the re-read is what confirms the stored bytes on a server
    that does not validate (moto), and for multipart objects, whose server
    checksum is a checksum of part checksums, not of the file.
+
+A promotion killed during a multipart upload leaves the upload unfinished:
+invisible to readers, but its parts stay stored (and billed) forever. They are
+listed and aborted as leftovers (:mod:`airlock.registry.leftovers`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
 
+import airlock.registry.leftovers as _policy  # module attributes: the thresholds stay adjustable (tests)
+from airlock.redact import redact_url
 from airlock.registry.base import (
     MAX_CONTROL_OBJECT_BYTES,
     RegistryError,
@@ -48,6 +54,7 @@ from airlock.registry.base import (
     SourceChangedError,
     StoredObjectError,
 )
+from airlock.registry.leftovers import Leftover, describe_age
 
 # Above this size a file goes up as a multipart upload (a single PUT tops out at 5 GiB), in parts of this size.
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
@@ -73,10 +80,14 @@ class Retention:
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket[/prefix]`` -> (bucket, prefix without slashes at either end)."""
     if not url.startswith("s3://"):
-        raise RegistryError(f"registry URL {url!r} is not s3://bucket[/prefix]")
+        raise RegistryError(f"registry URL {redact_url(url)!r} is not s3://bucket[/prefix]")
     bucket, _, prefix = url[len("s3://"):].partition("/")
     if not bucket:
-        raise RegistryError(f"registry URL {url!r} names no bucket")
+        raise RegistryError(f"registry URL {redact_url(url)!r} names no bucket")
+    if "@" in bucket or ":" in bucket or "?" in url or "#" in url:
+        # Credentials belong in the S3 connection, never in the registry URL (it is printed and stored).
+        raise RegistryError(f"registry URL {redact_url(url)!r}: s3://bucket[/prefix] takes no credentials, "
+                            f"port or query; configure the endpoint and credentials separately")
     return bucket, prefix.strip("/")
 
 
@@ -367,6 +378,83 @@ class S3Store:
             yield from self.client.get_paginator("list_objects_v2").paginate(**args)
         except ClientError as exc:
             raise RegistryError(f"s3://{self.bucket}/{args['Prefix']}: cannot list ({_code(exc)})") from None
+
+    # ------------------------------------------------------------------ the bucket
+
+    def check_exists(self) -> None:
+        """Raise unless the bucket exists and these credentials may use it (readers: a wrong setting is exit 2)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            what = "does not exist" if _code(exc) in ("404", "NoSuchBucket") or status == 404 else \
+                f"cannot be read ({_code(exc)})"
+            raise RegistryError(f"registry {self.url}: bucket {self.bucket} {what}") from None
+
+    # ------------------------------------------------------------------ leftovers (airlock.registry.leftovers)
+
+    def leftovers(self, prefix: str, *, now: float | None = None) -> list[Leftover]:
+        """Unfinished multipart uploads under ``prefix``; live when a part (or the start) is recent."""
+        from botocore.exceptions import ClientError
+
+        now = time.time() if now is None else now
+        found = []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else ""))
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    found.append(self._upload_leftover(upload["Key"], upload["UploadId"], upload["Initiated"], now))
+        except ClientError as exc:
+            raise RegistryError(f"s3://{self.bucket}/{self._key(prefix) if prefix else self.prefix}: cannot list "
+                                f"unfinished uploads ({_code(exc)})") from None
+        return sorted((item for item in found if item is not None), key=lambda item: (item.key, item.handle))
+
+    def remove_leftover(self, item: Leftover, *, now: float | None = None) -> bool:
+        from botocore.exceptions import ClientError
+
+        # Look again right before aborting: a part may have arrived since the listing.
+        current = self._upload_leftover(self._key(item.key), item.handle, None, time.time() if now is None else now)
+        if current is None or current.live:
+            return False
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(item.key), UploadId=item.handle)
+        except ClientError as exc:
+            if _code(exc) == "NoSuchUpload":
+                return False
+            raise RegistryError(f"{self.object_url(item.key)}: cannot abort unfinished upload ({_code(exc)})") from None
+        return True
+
+    def _upload_leftover(self, full_key: str, upload_id: str, initiated: datetime | None,
+                         now: float) -> Leftover | None:
+        from botocore.exceptions import ClientError
+
+        last = initiated.timestamp() if initiated is not None else None
+        size = 0
+        try:
+            for page in self.client.get_paginator("list_parts").paginate(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload_id):
+                for part in page.get("Parts", []):
+                    size += int(part.get("Size", 0))
+                    if part.get("LastModified") is not None:
+                        stamp = part["LastModified"].timestamp()
+                        last = stamp if last is None else max(last, stamp)
+                if initiated is None and page.get("Initiated") is not None:
+                    stamp = page["Initiated"].timestamp()
+                    last = stamp if last is None else max(last, stamp)
+        except ClientError as exc:
+            if _code(exc) == "NoSuchUpload":
+                return None  # completed or aborted in between
+            raise RegistryError(f"s3://{self.bucket}/{full_key}: cannot list the parts of an unfinished upload "
+                                f"({_code(exc)})") from None
+        age = max(0.0, now - last) if last is not None else 0.0
+        live = last is None or age < _policy.UPLOAD_STALE_S
+        why = (f"last activity {describe_age(age)} ago" if last is not None else "no timestamps; left alone")
+        why = f"{why} ({'a promotion may still be sending it' if live else 'no writer'})"
+        return Leftover(key=self._relative(full_key), kind="unfinished multipart upload", size=size, age_s=age,
+                        live=live, why=why, handle=upload_id)
 
     # ------------------------------------------------------------------ keys
 
