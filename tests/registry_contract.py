@@ -1,7 +1,8 @@
 """Behaviour every registry backend must have; each backend's test module subclasses :class:`RegistryContract`.
 
 A subclass provides the ``registry_factory`` fixture: ``factory(store_wrapper=None, workers=8) -> Registry``
-over one fresh, empty registry (the same one on every call within a test), and
+over one fresh, empty registry (the same one on every call within a test), built with
+``signer=SIGNER, trust=TRUST`` (every status change is signed into the index), and
 ``registry_spec``: a string ``open_registry`` accepts for it (processes re-open it).
 """
 
@@ -29,8 +30,22 @@ from airlock.registry import (
 )
 from airlock.registry.base import Layout, ModelName
 from airlock.manifest import root_digest_of_pairs
+from airlock.signing import LocalKeySigner
+from tests.signing_fixtures import trust_store_for
 
 MODEL = "demo/tiny"
+SOURCE = "hf://demo/tiny"
+# The index checkpoint signer of every contract registry, and the trust store that verifies it.
+SIGNER = LocalKeySigner.generate(key_name="airlock-model-signing", version=1)
+TRUST = trust_store_for(SIGNER)
+
+
+def signer_pem(signer: LocalKeySigner = SIGNER) -> bytes:
+    """The private key, for a child process to rebuild the signer (key objects do not pickle)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return signer._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ def make_model(base: Path, flavour: str = "a", *, extra: dict[str, bytes] | None
 def request(base: Path, version: str = "1", flavour: str = "a", model: str = MODEL,
             **overrides: Any) -> PromotionRequest:
     kwargs = {**make_model(base, flavour), **overrides}
+    kwargs.setdefault("source", SOURCE)
     return PromotionRequest(model=model, version=version, owner="ml-platform", risk_tier="medium",
                             approver="policy:medium", actor="test", **kwargs)
 
@@ -98,12 +114,16 @@ class CrashingStore:
         return getattr(self._inner, name)
 
 
-def promote_in_process(spec: str, kwargs: dict[str, Any]) -> str:
+def promote_in_process(spec: str, kwargs: dict[str, Any], key_pem: bytes) -> str:
     """Run in a separate process: promote and report 'created', 'noop' or the error class name."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     from airlock.registry import PromotionRequest, RegistryError, open_registry
 
+    signer = LocalKeySigner(load_pem_private_key(key_pem, None), key_name="airlock-model-signing", version=1)
     try:
-        result = open_registry(spec, workers=2).promote(PromotionRequest(**kwargs))
+        result = open_registry(spec, workers=2, signer=signer, trust=trust_store_for(signer)).promote(
+            PromotionRequest(**kwargs))
     except RegistryError as exc:
         return type(exc).__name__
     return "created" if result.created else "noop"
@@ -270,7 +290,7 @@ class RegistryContract:
             req = request(tmp_path, flavour=flavour)
             payloads.append({**req.__dict__, "files": [Row(r.path, r.size, r.sha256) for r in req.files]})
         with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
-            outcomes = list(pool.map(promote_in_process, [registry_spec] * 4, payloads))
+            outcomes = list(pool.map(promote_in_process, [registry_spec] * 4, payloads, [signer_pem()] * 4))
         assert sorted(outcomes) == ["VersionConflictError"] * 3 + ["created"]
         winner = payloads[outcomes.index("created")]["root_digest"]
         assert registry_factory().verify_version(MODEL, "1").root_digest == winner

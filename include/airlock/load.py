@@ -8,6 +8,10 @@ hashed, compared with the signed digest, and the same buffer is deserialized
 signature verifies with a trusted, unrevoked key and every digest matches;
 failures raise :class:`~airlock.verify.VerificationError`.
 
+The trust store is the caller's or, when none is passed, the host's
+(:func:`airlock.trust.host_trust_store`: AIRLOCK_TRUST_STORE, else
+/etc/airlock/trust.pem) -- never one that travels with the model or the registry.
+
 Only safetensors weights and JSON files are deserialized; no pickle is ever
 loaded. Memory: a model is held in memory once as bytes and once as tensors
 while loading (``load_tensors=False`` keeps bytes only).
@@ -32,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from airlock.bundle import FileDigest
 from airlock.errors import AirlockError
-from airlock.trust import TrustStore
+from airlock.trust import TrustStore, host_trust_store
 from airlock.verify import (
     Failure,
     VerificationError,
@@ -103,7 +107,7 @@ class VerifiedModel:
 def verified_safetensors(
     path: Path,
     bundle: Path | bytes,
-    trust: TrustStore,
+    trust: TrustStore | None = None,
     *,
     model_root: Path | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -132,7 +136,7 @@ def verified_safetensors(
 def verified_from_pretrained(
     model_dir: Path,
     bundle: Path | bytes,
-    trust: TrustStore,
+    trust: TrustStore | None = None,
     *,
     expected_model_name: str | None = None,
     load_tensors: bool = True,
@@ -174,7 +178,8 @@ def verified_from_pretrained(
                          MappingProxyType(buffers), MappingProxyType(tensors))
 
 
-def _verified_statement(bundle: Path | bytes, trust: TrustStore) -> VerifiedStatement:
+def _verified_statement(bundle: Path | bytes, trust: TrustStore | None) -> VerifiedStatement:
+    trust = trust if trust is not None else host_trust_store()
     if isinstance(bundle, Path):
         return verify_bundle(read_bundle(bundle), trust, source=str(bundle))
     return verify_bundle(bundle, trust)

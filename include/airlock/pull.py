@@ -3,10 +3,18 @@
 ``pull`` never lets an unverified byte reach DEST. In order:
 
 1. DEST is absent or an empty directory (checked first: nothing is fetched for
-   a pull that could not land), and a trust store is at hand: the one given,
-   else the registry's ``trust/trust.pem``; none at all is a refusal.
-2. The version has a ``RELEASED`` marker naming its plan, is in the index, and
-   is not revoked (deprecated is allowed, with a warning).
+   a pull that could not land), and the host's trust store is at hand
+   (:func:`airlock.trust.host_trust_store`: ``--trust-store``, AIRLOCK_TRUST_STORE
+   or /etc/airlock/trust.pem; the registry's ``trust/trust.pem`` only when its
+   sha256 is pinned on the host). None at all cannot run.
+2. The version has a ``RELEASED`` marker naming its plan. The model's index is
+   verified (:func:`airlock.registry.index.verify_chain`): an unbroken hash
+   chain, the newest checkpoint signed by a trusted key and covering every
+   status change, and no less history than this host verified before
+   (:mod:`airlock.registry.hoststate`). In that verified index the version is
+   promoted with exactly the plan RELEASED names (the signed promoted event
+   pins ``promotion.json``, hence every object's sha256) and is not revoked
+   (deprecated is allowed, with a warning).
 3. Every object of the plan is streamed into a private staging directory next
    to DEST (same filesystem), hashed as it is written, and compared with the
    plan's size and sha256.
@@ -14,7 +22,10 @@
    (:func:`airlock.verify.verify_model`), for the subject
    :func:`~airlock.registry.signed_subject_name` (``org/name@version``), and its
    root digest is the released one; ``aibom.sig`` verifies over the staged
-   AI-BOM with the same trust store.
+   AI-BOM with the same trust store; the AI-BOM's subject is this model,
+   version and root digest, and it pins ``model.sig`` and every report by
+   sha256 (:func:`airlock.aibom.verify_aibom_binding`). Nothing in a version
+   is delivered that no signature covers.
 5. The pull is appended to the index (``pulled``: who, host, DEST, root digest,
    key), re-checked against the index as it is then: a version revoked while
    we were verifying is refused here. Recording comes before the move on
@@ -38,17 +49,19 @@ import socket
 import stat
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from airlock.errors import AirlockError
 from airlock.fsutil import run_all
 from airlock.registry import (
+    HostState,
     Layout,
     ModelName,
     PulledEvent,
     Registry,
+    RegistryIndexError,
     ReleasedVersion,
     Status,
     StoredObjectError,
@@ -58,7 +71,7 @@ from airlock.registry import (
 )
 from airlock.registry.index import ModelState
 from airlock.registry.promotion import PlannedObject
-from airlock.trust import TrustStore
+from airlock.trust import TrustStore, host_trust_store
 
 _CHUNK = 1 << 20
 STAGING_PREFIX = ".airlock-pull."
@@ -129,37 +142,77 @@ def pull(
     trust: TrustStore | None = None,
     actor: str | None = None,
     host: str | None = None,
+    host_state: HostState | None = None,
 ) -> PullResult:
     """Pull ``ORG/NAME@VERSION`` from ``registry`` into ``dest`` (see the module docstring).
 
+    ``trust`` defaults to the host's trust store (:func:`airlock.trust.host_trust_store`),
+    ``host_state`` to the registry's, else the host's (AIRLOCK_HOST_STATE).
     Raises :class:`PullRefused` when the version must not be used and
-    :class:`PullError` (or another :class:`AirlockError`) when the pull could
-    not be done; in both cases ``dest`` is exactly as it was.
+    :class:`PullError` (or another :class:`AirlockError`: a missing trust store
+    is a :class:`~airlock.trust.TrustStoreError`) when the pull could not be
+    done; in both cases ``dest`` is exactly as it was.
     """
     model, version = parse_reference(reference, version_required=True)
     assert version is not None
     dest = check_dest(dest)
-    trust = trust if trust is not None else registry.trust_store()
-    if trust is None:
-        raise PullRefused(f"no trust store: pass --trust-store FILE, or publish one at "
-                          f"{registry.store.object_url(Layout.TRUST_STORE)}; nothing is pulled unverified")
-    released = _released(registry, model, version)
+    trust = trust if trust is not None else host_trust_store(registry=registry)
+    host_state = host_state or registry.host_state or HostState.from_settings()
+    released = released_for_use(registry, model, version, trust, host_state)
     warnings = _status_warnings(released)
     host = host or default_host()
     actor = actor or default_actor(host)
     staging = _make_staging(dest)
     try:
-        _fetch_all(registry, model, version, released.plan.objects, staging)
-        key_id = _verify_staged(staging, released, trust, signed_subject_name(model, version))
+        key_id = _fetch_and_verify(registry, released, staging, trust)
         event = _record(registry, model, version, released.root_digest, key_id, actor, host, dest)
-        _make_read_only(staging)
         _publish(staging, dest)
     except BaseException:
-        _remove_tree(staging)
+        remove_tree(staging)
         raise
     files = released.plan.by_role("file")
     return PullResult(str(model), version, dest, released.root_digest, key_id, released.status, len(files),
                       sum(o.size for o in released.plan.objects), event.seq, warnings)
+
+
+@dataclass(frozen=True)
+class VerifiedCopy:
+    """A private, read-only copy of a version that passed every check of a pull (files/, model.sig, reports/...)."""
+
+    path: Path
+    released: ReleasedVersion
+    key_id: str
+
+    @property
+    def files(self) -> Path:
+        return self.path / "files"
+
+
+def verified_copy(registry: Registry, model: ModelName, version: str, dest: Path, *, trust: TrustStore,
+                  host_state: HostState | None = None) -> VerifiedCopy:
+    """Everything :func:`pull` checks (steps 2-4), into the new private directory ``dest``, made read-only.
+
+    Not recorded as a pull: a check's working copy (the nightly fingerprint's) is not a deployment, and incident
+    response reads pull records as deployments. Raises :class:`PullRefused` when the version must not be used;
+    ``dest`` is removed again on any failure.
+    """
+    host_state = host_state or registry.host_state or HostState.from_settings()
+    released = released_for_use(registry, model, version, trust, host_state)
+    dest.mkdir(mode=0o700)
+    try:
+        return VerifiedCopy(dest, released, _fetch_and_verify(registry, released, dest, trust))
+    except BaseException:
+        remove_tree(dest)
+        raise
+
+
+def _fetch_and_verify(registry: Registry, released: ReleasedVersion, staging: Path, trust: TrustStore) -> str:
+    """Steps 3-4 into ``staging``, which is then made read-only; returns the signing key id."""
+    model = ModelName.parse(released.model)
+    _fetch_all(registry, model, released.version, released.plan.objects, staging)
+    key_id = _verify_staged(staging, released, trust, signed_subject_name(model, released.version))
+    _make_read_only(staging)
+    return key_id
 
 
 def check_dest(dest: Path) -> Path:
@@ -196,14 +249,18 @@ def check_dest(dest: Path) -> Path:
 # --------------------------------------------------------------------------- registry checks
 
 
-def _released(registry: Registry, model: ModelName, version: str) -> ReleasedVersion:
+def released_for_use(registry: Registry, model: ModelName, version: str, trust: TrustStore,
+                     host_state: HostState) -> ReleasedVersion:
+    """The released version as the signed index states it; :class:`PullRefused` unless it may be used."""
     try:
         released = registry.released(model, version)
+        verified = registry.index.verified(model, trust, host_state)
     except VersionNotFoundError:
         raise PullRefused(f"{model}@{version} is not released in {registry.url} (no RELEASED marker)") from None
-    except StoredObjectError as exc:
+    except (StoredObjectError, RegistryIndexError) as exc:  # a damaged or unsigned index is not believed
         raise PullRefused(f"{model}@{version}: {exc}") from None
-    state = released.state
+    state = verified.state.version(version) if verified.state else None
+    released = replace(released, state=state)
     if state is None:
         # RELEASED but no promotion event: the promotion has not finished (or crashed); nobody approved it yet.
         raise PullRefused(f"{model}@{version} is released but not in the registry index (promotion unfinished); "
@@ -211,6 +268,9 @@ def _released(registry: Registry, model: ModelName, version: str) -> ReleasedVer
     if state.status is Status.REVOKED:
         raise PullRefused(f"{model}@{version} is revoked: {state.reason} (by {state.updated_by} at "
                           f"{state.updated_at.isoformat()})")
+    if state.plan_sha256 != released.released.plan_sha256:
+        raise PullRefused(f"{model}@{version}: RELEASED names plan sha256:{released.released.plan_sha256}, but the "
+                          f"signed index promoted sha256:{state.plan_sha256}")
     return released
 
 
@@ -292,7 +352,7 @@ def _fetch_one(registry: Registry, store_key: str, obj: PlannedObject, path: Pat
 
 def _verify_staged(staging: Path, released: ReleasedVersion, trust: TrustStore, subject: str) -> str:
     """Signature and digests of the staged files, then the AI-BOM signature; returns the signing key id."""
-    from airlock.aibom import AibomError, verify_aibom_with_trust_store
+    from airlock.aibom import AibomError, verify_aibom_binding, verify_aibom_with_trust_store
     from airlock.verify import verify_model
 
     result = verify_model(staging / "files", staging / Layout.SIGNATURE, trust, expected_model_name=subject)
@@ -306,12 +366,22 @@ def _verify_staged(staging: Path, released: ReleasedVersion, trust: TrustStore, 
         raise PullRefused(f"{Layout.AIBOM_SIGNATURE}: {released.model}@{released.version} has no signed AI-BOM; "
                           f"an unsigned AI-BOM is not deployed")
     try:
-        verify_aibom_with_trust_store((staging / Layout.AIBOM).read_bytes(),
-                                      (staging / Layout.AIBOM_SIGNATURE).read_bytes(), trust)
-    except AibomError as exc:
-        raise PullRefused(f"AI-BOM signature invalid: {exc}") from None
+        bom = (staging / Layout.AIBOM).read_bytes()
+        bom_signature = (staging / Layout.AIBOM_SIGNATURE).read_bytes()
     except OSError as exc:
         raise PullError(f"cannot read the staged AI-BOM: {exc}") from None
+    try:
+        verify_aibom_with_trust_store(bom, bom_signature, trust)
+    except AibomError as exc:
+        raise PullRefused(f"AI-BOM signature invalid: {exc}") from None
+    # Signed is not enough: it must be *this* version's BOM, and it must pin what the signatures do not cover.
+    model = ModelName.parse(released.model)
+    bound = {o.key: o.sha256 for o in released.plan.objects if o.role in ("signature", "report")}
+    try:
+        verify_aibom_binding(bom, model=released.model, version=released.version, root_digest=released.root_digest,
+                             version_path=Layout.version_prefix(model, released.version), bound=bound)
+    except AibomError as exc:
+        raise PullRefused(f"AI-BOM does not bind the version: {exc}") from None
     return result.key_id
 
 
@@ -358,7 +428,7 @@ def _publish(staging: Path, dest: Path) -> None:
         os.close(fd)
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove a staging directory, read-only or not; it is ours, so nothing of value is lost."""
     if not path.exists():
         return

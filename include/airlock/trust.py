@@ -23,6 +23,15 @@ carries (sha256 of the canonical SPKI PEM); ``Key-Id`` is what its DSSE
 does not match its PEM, or a duplicate key id makes the whole file unusable,
 because a trust store we half understand must not be trusted at all.
 Revocation only ever sticks: refreshing from Vault never clears it.
+
+**Which trust store a host uses** (:func:`host_trust_store`): the one named
+explicitly (``--trust-store FILE``), else AIRLOCK_TRUST_STORE, else
+``/etc/airlock/trust.pem`` when it exists. Never the registry's own
+``trust/trust.pem`` as an authority: whoever can write the registry could add
+a version signed with their key and publish that key beside it. The registry
+copy is used only when the host pins its sha256 (``--trust-store-sha256`` or
+AIRLOCK_TRUST_STORE_SHA256), and a pin, when set, must match whichever store
+is used. No trust store at all is a configuration error that says how to set one.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from airlock.bundle import public_key_fingerprint
 from airlock.errors import AirlockError
 
 if TYPE_CHECKING:
+    from airlock.registry import Registry
     from airlock.vault import VaultSession
 
 SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")  # the curves model_signing accepts
@@ -348,3 +358,69 @@ def refresh_trust_store(path: Path, session: VaultSession) -> TrustStore:
     updated = current.merged(exported.keys)
     updated.write(path)
     return TrustStore.read(path)
+
+
+# --------------------------------------------------------------------------- the host's trust store
+
+
+def host_trust_store(
+    path: Path | None = None,
+    *,
+    pinned_sha256: str | None = None,
+    registry: Registry | None = None,
+    env: dict[str, str] | None = None,
+) -> TrustStore:
+    """The trust store this host verifies with (see the module docstring for the order).
+
+    ``path``/``pinned_sha256`` are the explicit choices (CLI options) and win
+    over AIRLOCK_TRUST_STORE/AIRLOCK_TRUST_STORE_SHA256. ``registry`` is only
+    consulted for its published ``trust/trust.pem`` when a pin is set and no
+    host file is configured. Raises :class:`TrustStoreError` (exit 2 in the CLI):
+    none configured, unreadable, malformed, or not the pinned one.
+    """
+    import hashlib
+
+    from airlock.config import DEFAULT_TRUST_STORE, load_settings
+
+    settings = load_settings(env)
+    pin = _normalized_pin(pinned_sha256) if pinned_sha256 is not None else settings.trust_store_sha256
+    chosen = Path(path) if path is not None else settings.trust_store
+    if chosen is None and DEFAULT_TRUST_STORE.is_file():
+        chosen = DEFAULT_TRUST_STORE
+    if chosen is not None:
+        try:
+            data = chosen.read_bytes()
+        except OSError as exc:
+            raise TrustStoreError(f"cannot read trust store {chosen}: {exc.strerror or exc}") from None
+        source = str(chosen)
+    elif pin is not None and registry is not None:
+        from airlock.registry.base import Layout
+
+        published = registry.store.read(Layout.TRUST_STORE)
+        source = registry.store.object_url(Layout.TRUST_STORE)
+        if published is None:
+            raise TrustStoreError(f"no trust store: AIRLOCK_TRUST_STORE_SHA256 pins one, but {source} does not exist")
+        data = published
+    else:
+        raise TrustStoreError(
+            "no trust store configured: pass --trust-store FILE, set AIRLOCK_TRUST_STORE=FILE, or install the "
+            f"`airlock keys export` file at {DEFAULT_TRUST_STORE}; a registry's own trust/trust.pem is used only "
+            "when its sha256 is pinned on this host (AIRLOCK_TRUST_STORE_SHA256 or --trust-store-sha256)"
+        )
+    if pin is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != pin:
+            raise TrustStoreError(f"trust store {source} is sha256:{actual}, but this host pins sha256:{pin}; "
+                                  f"refusing to verify with it")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise TrustStoreError(f"cannot read trust store {source}: {exc}") from None
+    return TrustStore.parse(text, source=source)
+
+
+def _normalized_pin(value: str) -> str:
+    pin = value.strip().lower().removeprefix("sha256:")
+    if len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
+        raise TrustStoreError(f"trust store pin {value!r} is not a sha256 (64 hex characters, optionally 'sha256:')")
+    return pin

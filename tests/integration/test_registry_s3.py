@@ -19,7 +19,7 @@ import pytest
 from airlock.registry import Registry, Retention, S3Store, SourceChangedError, StoredObjectError, open_registry
 from airlock.registry.base import Layout, ModelName
 from tests.conftest import require_env
-from tests.registry_contract import MODEL, RegistryContract, make_model, request
+from tests.registry_contract import MODEL, SIGNER, TRUST, RegistryContract, make_model, request
 
 PART_SIZE = 5 * 1024 * 1024  # S3's minimum, so a 6 MiB file exercises multipart
 TEST_RETENTION = Retention(mode="GOVERNANCE", days=1)
@@ -63,7 +63,8 @@ def registry_spec(bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def registry_factory(s3: Any, bucket: str) -> Callable[..., Registry]:
     def factory(store_wrapper: Callable[[Any], Any] | None = None, workers: int = 8) -> Registry:
         store = S3Store(s3, bucket, "registry", retention=TEST_RETENTION, part_size=PART_SIZE)
-        return Registry(store_wrapper(store) if store_wrapper else store, workers=workers)
+        return Registry(store_wrapper(store) if store_wrapper else store, workers=workers, signer=SIGNER,
+                        trust=TRUST)
 
     return factory
 

@@ -14,7 +14,7 @@ from airlock.cli import EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, build_parser, main
 from airlock.pull import STAGING_PREFIX, PullError, PullRefused, pull, staged_path
 from airlock.registry import FilesystemStore, PulledEvent, Registry, RegistryIndexError, Status
 from airlock.registry.base import Layout, ModelName
-from airlock.registry.index import apply_event
+from airlock.registry.index import check_append
 from airlock.registry.promotion import PlannedObject
 from airlock.signing import LocalKeySigner
 from airlock.trust import TrustStore
@@ -36,13 +36,14 @@ def registry_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def registry(registry_root: Path) -> Registry:
-    return Registry(FilesystemStore(registry_root), workers=4)
+def trust(signer: LocalKeySigner) -> TrustStore:
+    return trust_store_for(signer)
 
 
 @pytest.fixture()
-def trust(signer: LocalKeySigner) -> TrustStore:
-    return trust_store_for(signer)
+def registry(registry_root: Path, signer: LocalKeySigner, trust: TrustStore) -> Registry:
+    # The pipeline's side: it signs index checkpoints with the same key as models.
+    return Registry(FilesystemStore(registry_root), workers=4, signer=signer, trust=trust)
 
 
 @pytest.fixture()
@@ -61,8 +62,13 @@ def serving(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _who(monkeypatch: pytest.MonkeyPatch) -> None:
+def _host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The serving host: who pulls, its own state directory, and no trust store configured unless a test says."""
     monkeypatch.setenv("AIRLOCK_ACTOR", "ops@serving-1")
+    monkeypatch.setenv("AIRLOCK_HOST_STATE", str(tmp_path / "host-state"))
+    for name in ("AIRLOCK_TRUST_STORE", "AIRLOCK_TRUST_STORE_SHA256"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("airlock.config.DEFAULT_TRUST_STORE", tmp_path / "etc-airlock-trust.pem")
 
 
 def _cli(registry_root: Path, *args: str) -> int:
@@ -113,12 +119,11 @@ def test_the_pull_is_recorded_without_changing_the_status(registry: Registry, si
     assert [e.kind for e in state.history] == ["promoted", "pulled"]
 
 
-def test_cli_pull_with_the_registry_trust_store_and_show_lists_pulls(
-        registry: Registry, registry_root: Path, signer: LocalKeySigner, trust: TrustStore, tmp_path: Path,
-        serving: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_pull_with_the_host_trust_store_and_show_lists_pulls(
+        registry: Registry, registry_root: Path, signer: LocalKeySigner, trust_file: Path, tmp_path: Path,
+        serving: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     promote_signed(registry, tmp_path, signer)
-    (registry_root / "trust").mkdir()
-    trust.write(registry_root / Layout.TRUST_STORE)  # published by the key administrator (no --trust-store)
+    monkeypatch.setenv("AIRLOCK_TRUST_STORE", str(trust_file))  # the host's configuration, no --trust-store
     assert _cli(registry_root, REFERENCE, "--dest", str(serving / "llm")) == EXIT_OK
     assert f"pulled {REFERENCE} (approved) into {serving / 'llm'}" in capsys.readouterr().out
 
@@ -232,31 +237,97 @@ def test_without_released_it_is_refused(registry: Registry, registry_root: Path,
 
 
 def test_an_unknown_signing_key_is_refused(registry: Registry, registry_root: Path, signer: LocalKeySigner,
-                                           tmp_path: Path, serving: Path,
+                                           trust_file: Path, tmp_path: Path, serving: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    promote_signed(registry, tmp_path, signer)
+    # The index is signed by the trusted key; the model is not.
+    promote_signed(registry, tmp_path, LocalKeySigner.generate(key_name="vendor", version=1))
+    reason = _refused(registry_root, serving, capsys, "--trust-store", str(trust_file))
+    assert "model.sig: invalid (unknown-key)" in reason
+    # And a host that does not trust the index key does not believe the index either.
     other = tmp_path / "other-trust.pem"
     trust_store_for(LocalKeySigner.generate(key_name="vendor", version=1)).write(other)
     reason = _refused(registry_root, serving, capsys, "--trust-store", str(other))
-    assert "model.sig: invalid (unknown-key)" in reason
+    assert "checkpoint signature not trusted: unknown key" in reason
 
 
 def test_a_revoked_signing_key_is_refused(registry: Registry, registry_root: Path, signer: LocalKeySigner,
                                           tmp_path: Path, serving: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    promote_signed(registry, tmp_path, signer)
+    old = LocalKeySigner.generate(key_name="airlock-model-signing", version=0)
+    promote_signed(registry, tmp_path, old)  # the model signed with v0, the index checkpoint with v1
     revoked = tmp_path / "revoked-trust.pem"
-    trust_store_for(signer, revoked={signer.key_id: "key leaked"}).write(revoked)
+    trust_store_for(old, signer, revoked={old.key_id: "key leaked"}).write(revoked)
     reason = _refused(registry_root, serving, capsys, "--trust-store", str(revoked))
     assert "(revoked-key)" in reason and "key leaked" in reason
+    # A checkpoint signed by a revoked key is not believed either.
+    trust_store_for(old, signer, revoked={signer.key_id: "index key leaked"}).write(revoked)
+    reason = _refused(registry_root, serving, capsys, "--trust-store", str(revoked))
+    assert "checkpoint signature not trusted" in reason and "index key leaked" in reason
 
 
-def test_no_trust_store_anywhere_is_refused(registry: Registry, registry_root: Path, signer: LocalKeySigner,
-                                            tmp_path: Path, serving: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_trust_store_anywhere_cannot_run_and_says_how_to_configure_one(
+        registry: Registry, registry_root: Path, signer: LocalKeySigner, tmp_path: Path, serving: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     promote_signed(registry, tmp_path, signer)
-    reason = _refused(registry_root, serving, capsys)
-    assert reason.startswith("refused: no trust store") and "trust/trust.pem" in reason
+    assert _cli(registry_root, REFERENCE, "--dest", str(serving / "llm")) == EXIT_ERROR
+    _assert_untouched(serving)
+    message = capsys.readouterr().err
+    assert "no trust store configured" in message
+    assert "--trust-store" in message and "AIRLOCK_TRUST_STORE" in message and "AIRLOCK_TRUST_STORE_SHA256" in message
+    assert registry.model_state(MODEL).pulls() == []
+
+
+def _publish_in_registry(registry_root: Path, store: TrustStore) -> bytes:
+    """What anyone with write access to registry storage can do: put a trust store beside the versions."""
+    (registry_root / "trust").mkdir(exist_ok=True)
+    store.write(registry_root / Layout.TRUST_STORE)
+    return (registry_root / Layout.TRUST_STORE).read_bytes()
+
+
+def test_a_trust_store_published_in_the_registry_is_not_an_authority(
+        registry: Registry, registry_root: Path, tmp_path: Path, serving: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The attack: a version signed with the attacker's key, and the attacker's key published beside it.
+    attacker = LocalKeySigner.generate(key_name="airlock-model-signing", version=7)
+    attackers_registry = Registry(registry.store, signer=attacker, trust=trust_store_for(attacker))
+    promote_signed(attackers_registry, tmp_path, attacker)
+    _publish_in_registry(registry_root, trust_store_for(attacker))
+    assert _cli(registry_root, REFERENCE, "--dest", str(serving / "llm")) == EXIT_ERROR
+    assert "no trust store configured" in capsys.readouterr().err
+    _assert_untouched(serving)
+
+
+def test_a_pinned_registry_trust_store_is_used(registry: Registry, registry_root: Path, signer: LocalKeySigner,
+                                              trust: TrustStore, tmp_path: Path, serving: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    promote_signed(registry, tmp_path, signer)
+    published = _publish_in_registry(registry_root, trust)
+    monkeypatch.setenv("AIRLOCK_TRUST_STORE_SHA256", hashlib.sha256(published).hexdigest())
+    assert _cli(registry_root, REFERENCE, "--dest", str(serving / "llm")) == EXIT_OK
+    assert f"pulled {REFERENCE} (approved)" in capsys.readouterr().out
+
+
+def test_a_registry_trust_store_that_is_not_the_pinned_one_is_refused(
+        registry: Registry, registry_root: Path, signer: LocalKeySigner, trust: TrustStore, tmp_path: Path,
+        serving: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    promote_signed(registry, tmp_path, signer)
+    pinned = hashlib.sha256(trust.dumps().encode()).hexdigest()
+    # Swapped by someone with storage access: the attacker's key added next to the real one.
+    _publish_in_registry(registry_root, trust_store_for(signer, LocalKeySigner.generate(key_name="evil", version=1)))
+    assert _cli(registry_root, REFERENCE, "--dest", str(serving / "llm"), "--trust-store-sha256", pinned) == EXIT_ERROR
+    assert f"but this host pins sha256:{pinned}" in capsys.readouterr().err
+    _assert_untouched(serving)
+    # A pin also checks a host file: a trust store that is not the pinned one is never used.
+    other = tmp_path / "other.pem"
+    trust_store_for(LocalKeySigner.generate(key_name="x", version=1)).write(other)
+    assert _cli(registry_root, REFERENCE, "--dest", str(serving / "llm"), "--trust-store", str(other),
+                "--trust-store-sha256", pinned) == EXIT_ERROR
+    assert "but this host pins" in capsys.readouterr().err
 
 
 def test_an_aibom_signed_by_an_untrusted_key_is_refused(registry: Registry, registry_root: Path,
@@ -312,7 +383,7 @@ def test_there_is_no_option_that_skips_verification() -> None:
     parser = build_parser()
     pull_parser = parser._subparsers._group_actions[0].choices["pull"]  # type: ignore[union-attr]
     options = {opt for action in pull_parser._actions for opt in action.option_strings}
-    assert options == {"-h", "--help", "--dest", "--trust-store", "--registry"}
+    assert options == {"-h", "--help", "--dest", "--trust-store", "--trust-store-sha256", "--registry"}
 
 
 # --------------------------------------------------------------------------- the index rule
@@ -322,10 +393,10 @@ def test_the_index_refuses_a_pull_of_a_revoked_or_unknown_version(registry: Regi
                                                                   tmp_path: Path) -> None:
     promoted = promote_signed(registry, tmp_path, signer)
     registry.revoke(MODEL, VERSION, reason="bad", actor="security")
-    state = registry.model_state(MODEL)
-    event = PulledEvent(seq=2, model=MODEL, version=VERSION, at=state.updated_at, actor="x", host="h", dest="/d",
+    events = registry.index.events(ModelName.parse(MODEL))
+    event = PulledEvent(seq=2, model=MODEL, version=VERSION, at=events[-1].at, actor="x", host="h", dest="/d",
                         root_digest=promoted.manifest.root_digest, key_id=signer.key_id)
     with pytest.raises(RegistryIndexError, match="revoked"):
-        apply_event({v.version: v for v in state.versions}, event)
+        check_append(ModelName.parse(MODEL), events, event)
     with pytest.raises(RegistryIndexError, match="not in the index"):
-        apply_event({}, event)
+        check_append(ModelName.parse(MODEL), [], event)

@@ -14,7 +14,7 @@ import pytest
 from airlock.cli import EXIT_ERROR, EXIT_OK, main
 from airlock.registry import FilesystemStore, Registry, RegistryError, VersionNotFoundError, open_registry
 from airlock.registry.base import PARTIAL_PREFIX, Layout, ModelName
-from tests.registry_contract import MODEL, RegistryContract, request
+from tests.registry_contract import MODEL, SIGNER, TRUST, RegistryContract, request
 
 
 @pytest.fixture()
@@ -31,7 +31,8 @@ def registry_spec(registry_root: Path) -> str:
 def registry_factory(registry_root: Path) -> Callable[..., Registry]:
     def factory(store_wrapper: Callable[[Any], Any] | None = None, workers: int = 8) -> Registry:
         store = FilesystemStore(registry_root)
-        return Registry(store_wrapper(store) if store_wrapper else store, workers=workers)
+        return Registry(store_wrapper(store) if store_wrapper else store, workers=workers, signer=SIGNER,
+                        trust=TRUST)
 
     return factory
 
@@ -132,6 +133,12 @@ def test_cli_list_show_revoke_deprecate(monkeypatch: pytest.MonkeyPatch, capsys:
     registry.promote(request(tmp_path, version="2", flavour="b"))
     monkeypatch.setenv("AIRLOCK_REGISTRY", str(registry_root))
     monkeypatch.setenv("AIRLOCK_ACTOR", "carol")
+    # The CLI signs the index checkpoint with the Vault key (here: the test key) and verifies with the host's store.
+    import airlock.commands.registry as registry_command
+
+    monkeypatch.setattr(registry_command, "_signer", lambda: SIGNER)
+    TRUST.write(tmp_path / "trust.pem")
+    monkeypatch.setenv("AIRLOCK_TRUST_STORE", str(tmp_path / "trust.pem"))
 
     assert main(["registry", "revoke", f"{MODEL}@1", "--reason", "leaked eval set"]) == EXIT_OK
     assert "demo/tiny@1 revoked by carol" in capsys.readouterr().out

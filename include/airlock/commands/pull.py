@@ -2,9 +2,12 @@
 
 The registry is AIRLOCK_REGISTRY (a directory, or ``s3://bucket/prefix`` with
 AIRLOCK_S3_ENDPOINT) unless ``--registry`` says otherwise. The trust store is
-``--trust-store`` or else the registry's ``trust/trust.pem``; with neither,
-nothing is pulled. Exit 0 pulled, 1 refused (the reason is the last line of
-output), 2 could not run. There is no option that skips or relaxes a check.
+the host's: ``--trust-store``, else AIRLOCK_TRUST_STORE, else
+/etc/airlock/trust.pem. The registry's own ``trust/trust.pem`` is used only when
+its sha256 is pinned on the host (``--trust-store-sha256`` or
+AIRLOCK_TRUST_STORE_SHA256); with no trust store, nothing is pulled (exit 2,
+with how to configure one). Exit 0 pulled, 1 refused (the reason is the last
+line of output), 2 could not run. There is no option that skips or relaxes a check.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("reference", metavar="ORG/NAME@VERSION")
     parser.add_argument("--dest", type=Path, required=True, help="directory to create (absent or empty)")
     parser.add_argument("--trust-store", type=Path,
-                        help="trust store file (default: the registry's trust/trust.pem)")
+                        help="trust store file (default: AIRLOCK_TRUST_STORE, else /etc/airlock/trust.pem)")
+    parser.add_argument("--trust-store-sha256", metavar="SHA256",
+                        help="pin the trust store's sha256 (default: AIRLOCK_TRUST_STORE_SHA256); with a pin and no "
+                             "host trust store file, the registry's trust/trust.pem is used if it matches")
     parser.add_argument("--registry", help="registry root (default: AIRLOCK_REGISTRY)")
     parser.set_defaults(handler=run)
 
@@ -33,10 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from airlock.pull import PullRefused, pull
     from airlock.registry import open_registry
-    from airlock.trust import TrustStore
+    from airlock.trust import host_trust_store
 
-    trust = TrustStore.read(args.trust_store) if args.trust_store is not None else None
     registry = open_registry(args.registry)
+    trust = host_trust_store(args.trust_store, pinned_sha256=args.trust_store_sha256, registry=registry)
     try:
         result = pull(registry, args.reference, args.dest, trust=trust)
     except PullRefused as exc:

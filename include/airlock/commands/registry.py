@@ -1,7 +1,18 @@
-"""``airlock registry list | show | revoke | deprecate``: read the registry and change a version's status.
+"""``airlock registry list | show | check | incidents | revoke | deprecate``: read, check, change a status.
 
 ``show ORG/NAME@VERSION`` also lists the recorded pulls of that version (who,
 host, path, key), and ``show ORG/NAME`` has them in its history.
+
+``incidents [ORG/NAME]`` lists the incident reports ``model_incident`` wrote
+(:mod:`airlock.incident.report`).
+
+``check`` lists leftovers of dead promotions and damaged versions (exit 1 when
+it finds any, 0 when clean, 2 when it could not look): :mod:`airlock.registry.check`.
+
+A registry location that is not a registry (a plain file, a directory that does
+not exist, a missing bucket) is exit 2 for every verb here, never "no versions".
+Names, owners and reasons come from registry storage: they are printed
+escaped (:func:`airlock.redact.safe_text`), so they cannot drive the terminal.
 
 The registry is AIRLOCK_REGISTRY (a directory, or ``s3://bucket/prefix`` with
 AIRLOCK_S3_ENDPOINT) unless ``--registry`` says otherwise. Text output is a
@@ -18,7 +29,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
-from airlock.cli import EXIT_OK
+from airlock.cli import EXIT_NEGATIVE, EXIT_OK
 
 _LIST_COLUMNS = ("MODEL", "VERSION", "STATUS", "TIER", "OWNER", "APPROVER", "PROMOTED", "UPDATED", "REASON")
 
@@ -38,6 +49,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(show)
     show.set_defaults(handler=run_show)
 
+    check = verbs.add_parser(
+        "check", help="find leftovers of dead promotions and damaged versions (exit 1 when any)",
+        description="Lists partial files / unfinished multipart uploads that killed promotions left, and "
+                    "released versions whose records do not match. Exit 0 clean, 1 problems found, 2 could not run.")
+    check.add_argument("--model", help="only ORG/NAME")
+    check.add_argument("--deep", action="store_true", help="also re-hash every stored object against its plan")
+    check.add_argument("--clean", action="store_true",
+                       help="remove leftovers no live promotion owns (never a stored key)")
+    _common(check)
+    check.set_defaults(handler=run_check)
+
+    incidents = verbs.add_parser(
+        "incidents", help="list incident reports (revocations by model_incident), oldest first",
+        description="Reports live beside the versions at incidents/<org>/<name>/<version>/<id>.{json,md}.")
+    incidents.add_argument("model", nargs="?", metavar="ORG/NAME", help="only this model")
+    _common(incidents)
+    incidents.set_defaults(handler=run_incidents)
+
+    ownership = verbs.add_parser(
+        "ownership", help="admin: change a model's owner, minimum risk tier or source repository (signed)",
+        description="The model record (owner, minimum tier, source repository) is fixed at the model's first "
+                    "release; this recorded, signed admin action is the only way to change it. Signs the index "
+                    "checkpoint with the Vault key (AIRLOCK_VAULT_ADDR/AIRLOCK_VAULT_TOKEN).")
+    ownership.add_argument("model", metavar="ORG/NAME")
+    ownership.add_argument("--owner", help="the new owner")
+    ownership.add_argument("--min-tier", choices=("low", "medium", "high", "critical"), help="the new minimum tier")
+    ownership.add_argument("--source", help="the new source repository (e.g. hf://org/name)")
+    ownership.add_argument("--reason", required=True, help="why; recorded in the index history")
+    ownership.add_argument("--by", dest="actor", help="who (default: AIRLOCK_ACTOR, else the login name)")
+    _common(ownership)
+    ownership.set_defaults(handler=run_ownership)
+
     for verb, help_text in (("revoke", "mark a version revoked (final)"),
                             ("deprecate", "mark a version deprecated (it can still be revoked)")):
         change = verbs.add_parser(verb, help=help_text)
@@ -54,9 +97,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
+    """The registry, refused (exit 2) when the location is not an existing registry."""
     from airlock.registry import open_registry
 
-    return open_registry(args.registry)
+    registry = open_registry(args.registry)
+    check_exists = getattr(registry.store, "check_exists", None)
+    if check_exists is not None:
+        check_exists()
+    return registry
 
 
 # --------------------------------------------------------------------------- list
@@ -71,7 +119,7 @@ def run_list(args: argparse.Namespace) -> int:
         _print_json({"registry": registry.url, "versions": [r.model_dump(mode="json") for r in rows]})
         return EXIT_OK
     if not rows:
-        print(f"no versions in {registry.url}")
+        print(f"no versions in {_text(registry.url)}")
         return EXIT_OK
     print(_table(_LIST_COLUMNS, [_version_row(r) for r in rows]))
     return EXIT_OK
@@ -79,7 +127,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def _version_row(state: Any) -> list[str]:  # state: airlock.registry.VersionState
     return [
-        state.model, state.version, state.status.value, _text(state.risk_tier), _text(state.owner),
+        _text(state.model), _text(state.version), _text(state.status.value), _text(state.risk_tier), _text(state.owner),
         _text(state.approver), _when(state.promoted_at), _when(state.updated_at), _text(state.reason),
     ]
 
@@ -101,7 +149,10 @@ def run_show(args: argparse.Namespace) -> int:
     if args.format == "json":
         _print_json({"registry": registry.url, **state.to_json_dict()})
         return EXIT_OK
-    print(f"{state.model}  owner {_text(state.owner)}  tier {_text(state.risk_tier)}  registry {registry.url}")
+    # Owner, minimum tier and source come from the model record (first release, admin changes), never from
+    # the latest promotion.
+    print(f"{_text(state.model)}  owner {_text(state.owner)}  min tier {_text(state.risk_tier)}  "
+          f"source {_text(state.source)}  registry {_text(registry.url)}")
     print()
     print(_table(_LIST_COLUMNS[1:], [_version_row(v)[1:] for v in state.versions]))
     print()
@@ -116,37 +167,47 @@ def _show_version(released: Any, pulls: Sequence[Any], output: str) -> int:  # R
         _print_json({**released.to_json_dict(), "pulls": [p.model_dump(mode="json", by_alias=True) for p in pulls]})
         return EXIT_OK
     state = released.state
-    print(f"{released.model}@{released.version}  {released.status}"
-          + (f" ({state.reason})" if state and state.reason else ""))
+    print(f"{_text(released.model)}@{_text(released.version)}  {_text(released.status)}"
+          + (f" ({_text(state.reason)})" if state and state.reason else ""))
     fields = [
-        ("url", released.url),
-        ("root digest", f"sha256:{released.root_digest}"),
-        ("released", f"{_when(released.released.released_at)} by {released.released.released_by}"),
+        ("url", _text(released.url)),
+        ("root digest", f"sha256:{_text(released.root_digest)}"),
+        ("released", f"{_when(released.released.released_at)} by {_text(released.released.released_by)}"),
         ("owner", _text(state.owner if state else None)),
         ("risk tier", _text(state.risk_tier if state else None)),
         ("approver", _text(state.approver if state else None)),
-        ("updated", f"{_when(state.updated_at)} by {state.updated_by}" if state else "-"),
+        ("updated", f"{_when(state.updated_at)} by {_text(state.updated_by)}" if state else "-"),
     ]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         print(f"  {name:<{width}}  {value}")
     print()
     print(_table(("OBJECT", "ROLE", "BYTES", "SHA256"),
-                 [[o.key, o.role, str(o.size), o.sha256] for o in released.plan.objects]))
+                 [[_text(o.key), _text(o.role), str(o.size), _text(o.sha256)] for o in released.plan.objects]))
     print()
     # Where verified copies were deployed (airlock pull): what incident response needs after a revocation.
     print(_table(("PULLED", "BY", "HOST", "DEST", "KEY"),
-                 [[_when(p.at), p.actor, p.host, p.dest, p.key_id] for p in pulls]) if pulls else "pulls: none recorded")
+                 [[_when(p.at), _text(p.actor), _text(p.host), _text(p.dest), _text(p.key_id)] for p in pulls])
+          if pulls else "pulls: none recorded")
     return EXIT_OK
 
 
-def _describe_event(event: Any) -> str:  # event: PromotedEvent | StatusEvent | PulledEvent
-    head = f"#{event.seq} {_when(event.at)} {event.kind} {event.version} by {event.actor}"
+def _describe_event(event: Any) -> str:  # event: PromotedEvent | StatusEvent | PulledEvent | OwnershipEvent
+    if event.kind == "ownership":
+        changes = ", ".join(f"{what} {_text(value)}" for what, value in
+                            (("owner", event.owner), ("min tier", event.risk_tier), ("source", event.source))
+                            if value is not None)
+        return f"#{event.seq} {_when(event.at)} ownership by {_text(event.actor)} ({changes}): {_text(event.reason)}"
+    head = f"#{event.seq} {_when(event.at)} {event.kind} {_text(event.version)} by {_text(event.actor)}"
     if event.kind == "promoted":
-        return f"{head} (owner {event.owner}, tier {event.risk_tier}, approver {event.approver})"
+        return (f"{head} (owner {_text(event.owner)}, tier {_text(event.risk_tier)}, "
+                f"approver {_text(event.approver)}, source {_text(event.source)})")
     if event.kind == "pulled":
-        return f"{head} to {event.host}:{event.dest} (root sha256:{event.root_digest}, key {event.key_id})"
-    return f"{head}: {event.reason}"
+        return (f"{head} to {_text(event.host)}:{_text(event.dest)} (root sha256:{_text(event.root_digest)}, "
+                f"key {_text(event.key_id)})")
+    if event.kind == "checked":
+        return f"{head}: {_text(event.check)} {_text(event.verdict)} on {_text(event.target)}: {_text(event.summary)}"
+    return f"{head}: {_text(event.reason)}"
 
 
 # --------------------------------------------------------------------------- revoke / deprecate
@@ -158,13 +219,97 @@ def run_change(args: argparse.Namespace) -> int:
     registry = _open(args)
     model, version = parse_reference(args.reference, version_required=True)
     assert version is not None
+    registry.signer = _signer()
     actor = args.actor or os.environ.get("AIRLOCK_ACTOR") or getpass.getuser()
     change = registry.revoke if args.change == "revoke" else registry.deprecate
     event = change(model, version, reason=args.reason, actor=actor)
     if args.format == "json":
         _print_json(event.model_dump(mode="json", by_alias=True))
     else:
-        print(f"{model}@{version} {event.kind} by {event.actor} at {_when(event.at)}: {event.reason}")
+        print(f"{model}@{version} {event.kind} by {_text(event.actor)} at {_when(event.at)}: {_text(event.reason)}")
+    return EXIT_OK
+
+
+def _signer():
+    """The index checkpoint signer: the Vault Transit key, as ``airlock sign`` reaches it (environment)."""
+    from airlock.signing import VaultTransitSigner
+
+    return VaultTransitSigner.from_env()
+
+
+def run_ownership(args: argparse.Namespace) -> int:
+    from airlock.registry import ModelName, RegistryError
+
+    if args.owner is None and args.min_tier is None and args.source is None:
+        raise RegistryError("give at least one of --owner, --min-tier, --source")
+    registry = _open(args)
+    model = ModelName.parse(args.model)
+    registry.signer = _signer()
+    actor = args.actor or os.environ.get("AIRLOCK_ACTOR") or getpass.getuser()
+    event = registry.change_ownership(model, reason=args.reason, actor=actor, owner=args.owner,
+                                      risk_tier=args.min_tier, source=args.source)
+    if args.format == "json":
+        _print_json(event.model_dump(mode="json", by_alias=True))
+    else:
+        print(_describe_event(event))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- check
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from airlock.registry import ModelName
+    from airlock.registry.check import check_registry
+    from airlock.registry.leftovers import describe_age
+
+    registry = _open(args)
+    model = ModelName.parse(args.model) if args.model else None
+    report = check_registry(registry, model, deep=args.deep, clean=args.clean)
+    if args.format == "json":
+        _print_json(report.to_json_dict())
+        return EXIT_OK if report.ok else EXIT_NEGATIVE
+    for item in report.removed:
+        print(f"removed  {_text(item.key)}  ({item.kind}, {item.size} bytes, {describe_age(item.age_s)} old)")
+    for note in report.notes:
+        print(f"note     {_text(note)}")
+    for problem in report.problems:
+        print(f"PROBLEM  {_text(problem)}")
+    scope = f"{model} in " if model else ""
+    verdict = "clean" if report.ok else f"{len(report.problems)} problem(s)"
+    print(f"{scope}{_text(registry.url)}: {report.versions_checked} released version(s) checked"
+          f"{' (deep)' if args.deep else ''}, {len(report.removed)} leftover(s) removed: {verdict}")
+    return EXIT_OK if report.ok else EXIT_NEGATIVE
+
+
+# --------------------------------------------------------------------------- incidents
+
+
+def run_incidents(args: argparse.Namespace) -> int:
+    """Every stored incident report (airlock.incident.report); one that does not parse is listed as such."""
+    from airlock.incident import list_reports
+    from airlock.registry import ModelName
+
+    registry = _open(args)
+    model = ModelName.parse(args.model) if args.model else None
+    found = list_reports(registry.store, model)
+    if args.format == "json":
+        _print_json({"registry": registry.url, "incidents": [
+            {"key": key, **(item.model_dump(mode="json", by_alias=True) if not isinstance(item, str)
+                            else {"problem": item})} for key, item in found]})
+        return EXIT_OK
+    if not found:
+        print(f"no incident reports{f' for {model}' if model else ''} in {_text(registry.url)}")
+        return EXIT_OK
+    rows = []
+    for key, item in found:
+        if isinstance(item, str):
+            rows.append(["-", _text(key), "-", "-", "-", "-", f"unreadable: {_text(item)}"])
+            continue
+        rows.append([_when(item.opened_at), _text(item.incident_id), f"{_text(item.model)}@{_text(item.version)}",
+                     _text(item.revocation.outcome), _text(item.source), str(len(item.deployments)),
+                     _text(item.reason)])
+    print(_table(("OPENED", "INCIDENT", "VERSION", "REVOCATION", "SOURCE", "DEPLOYMENTS", "REASON"), rows))
     return EXIT_OK
 
 
@@ -183,7 +328,10 @@ def _when(value: Any) -> str:
 
 
 def _text(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
+    """A value from registry storage, printable: "-" when empty, control characters and bad bytes escaped."""
+    from airlock.redact import safe_text
+
+    return "-" if value is None or value == "" else safe_text(value)
 
 
 def _print_json(data: Any) -> None:

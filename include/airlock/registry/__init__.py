@@ -17,20 +17,40 @@ from airlock.registry.base import (
     VersionNotFoundError,
     parse_reference,
     signed_subject_name,
+    source_repository,
 )
+from airlock.registry.checkpoint import IndexIntegrityError
 from airlock.registry.core import Registry, ReleasedVersion, open_registry
 from airlock.registry.filesystem import FilesystemStore
-from airlock.registry.index import ModelState, PromotedEvent, PulledEvent, Status, StatusEvent, VersionState
+from airlock.registry.hoststate import HostState
+from airlock.registry.index import (
+    CheckedEvent,
+    ModelState,
+    OwnershipEvent,
+    PromotedEvent,
+    PromotionClaim,
+    PulledEvent,
+    SourceMatch,
+    Status,
+    StatusEvent,
+    VerifiedChain,
+    VersionState,
+)
 from airlock.registry.promotion import PromotionPlan, PromotionRequest, PromotionResult, ReleasedRecord
 from airlock.registry.s3 import Retention, S3Store
 
 __all__ = [
+    "CheckedEvent",
     "FilesystemStore",
+    "HostState",
+    "IndexIntegrityError",
     "Layout",
     "ModelName",
     "ModelState",
     "ObjectStore",
+    "OwnershipEvent",
     "PromotedEvent",
+    "PromotionClaim",
     "PromotionPlan",
     "PromotionRequest",
     "PromotionResult",
@@ -42,14 +62,17 @@ __all__ = [
     "ReleasedVersion",
     "Retention",
     "S3Store",
+    "SourceMatch",
     "SourceChangedError",
     "Status",
     "StatusEvent",
     "StoredObjectError",
+    "VerifiedChain",
     "VersionConflictError",
     "VersionNotFoundError",
     "VersionState",
     "open_registry",
     "parse_reference",
     "signed_subject_name",
+    "source_repository",
 ]

@@ -16,17 +16,19 @@ Layout (ARCHITECTURE.md), identical on every backend::
     models/<org>/<name>/<version>/aibom.sig          DSSE bundle over the AI-BOM (when signed)
     models/<org>/<name>/<version>/reports/*.json     scan, eval, fingerprint baseline
     models/<org>/<name>/<version>/RELEASED           written last: the commit point
-    index/<org>/<name>/events/<seq>.json             append-only status history, one object per event
-    trust/trust.pem                                  the trust store pulls use when given none (optional)
+    index/<org>/<name>/events/<seq>.json             append-only status history, one object per event (hash chain)
+    index/<org>/<name>/heads/<seq>.json              signed checkpoints of that chain (see airlock.registry.index)
+    trust/trust.pem                                  a published copy of the trust store (optional, see below)
 
 ``promotion.json`` is not in ARCHITECTURE.md's sketch; it is what makes
 "exactly one concurrent promotion wins" true (see :mod:`airlock.registry.promotion`).
 
 ``trust/trust.pem`` is the ``airlock keys export`` file, published there by the
 key administrator with the storage's own tools (it must be replaceable, for
-rotation and revocation, so Airlock's put-if-absent never writes it). Serving
-hosts that are handed a trust store out of band (``airlock pull --trust-store``)
-do not read it.
+rotation and revocation, so Airlock's put-if-absent never writes it). It is
+never an authority: anyone who can write the storage can replace it. A host
+uses it only when its sha256 equals a fingerprint pinned in the host's own
+configuration (:func:`airlock.trust.host_trust_store`).
 
 Signature subjects: the ``model.sig`` of ``<org>/<name>@<version>`` signs the
 subject name :func:`signed_subject_name` returns (``org/name@version``), so a
@@ -44,9 +46,11 @@ from airlock.errors import AirlockError
 from airlock.manifest import SHA256_HEX
 
 # Hub-style names: what Hugging Face accepts for users, orgs and repos, minus anything path-like.
-_NAME_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# Always used with fullmatch (and anchored with \Z): "$" would accept a trailing newline, and
+# "demo/tiny-gpt2\n" would be a second model that prints exactly like the first.
+_NAME_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 # Versions become a path segment / key segment on every backend: no separators, no dot-only names.
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 # Hidden names the filesystem backend uses for partial writes; never valid as a stored key segment.
 PARTIAL_PREFIX = ".airlock-partial."
 
@@ -96,7 +100,7 @@ class ModelName:
     @classmethod
     def parse(cls, value: str) -> ModelName:
         parts = value.split("/")
-        if len(parts) != 2 or not all(_NAME_SEGMENT.match(p) for p in parts) or any(".." in p for p in parts):
+        if len(parts) != 2 or not all(_NAME_SEGMENT.fullmatch(p) for p in parts) or any(".." in p for p in parts):
             raise RegistryError(
                 f"model name {value!r} must be ORG/NAME (letters, digits, '.', '_', '-'; no '..')"
             )
@@ -107,7 +111,7 @@ class ModelName:
 
 
 def check_version(version: str) -> str:
-    if not _VERSION.match(version) or ".." in version:
+    if not _VERSION.fullmatch(version) or ".." in version:
         raise RegistryError(
             f"version {version!r} must start with a letter or digit and use only letters, digits, '.', '_', '+', '-'"
         )
@@ -123,6 +127,23 @@ def parse_reference(value: str, *, version_required: bool) -> tuple[ModelName, s
             raise RegistryError(f"{value!r}: a version is required (ORG/NAME@VERSION)")
         return model, None
     return model, check_version(version)
+
+
+def source_repository(uri: str) -> str:
+    """The source repository a model comes from: its source URI without the revision.
+
+    ``hf://demo/tiny-gpt2@abc`` -> ``hf://demo/tiny-gpt2``; S3 and file drops keep
+    their location (``s3://bucket/prefix/``, ``file:///path``). This is what a
+    model's record in the index is fixed to at its first release.
+    """
+    from airlock.errors import SourceError
+    from airlock.sources import parse_source_uri
+
+    try:
+        ref = parse_source_uri(uri)
+    except SourceError as exc:
+        raise RegistryError(str(exc)) from None
+    return type(ref)(scheme=ref.scheme, location=ref.location, requested_revision=None).uri
 
 
 def signed_subject_name(model: ModelName, version: str) -> str:
@@ -172,6 +193,15 @@ class Layout:
     def event_key(cls, model: ModelName, seq: int) -> str:
         # Zero-padded so lexical listing order is sequence order on every backend.
         return f"{cls.index_prefix(model)}{seq:010d}.json"
+
+    @staticmethod
+    def heads_prefix(model: ModelName) -> str:
+        return f"index/{model.org}/{model.name}/heads/"
+
+    @classmethod
+    def checkpoint_key(cls, model: ModelName, seq: int) -> str:
+        """The signed checkpoint of the chain whose newest event is ``seq`` (same padding as events)."""
+        return f"{cls.heads_prefix(model)}{seq:010d}.json"
 
 
 # --------------------------------------------------------------------------- the backend protocol

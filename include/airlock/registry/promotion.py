@@ -15,8 +15,12 @@ The protocol, in order (every write is put-if-absent, nothing is ever overwritte
 4. **RELEASED** — the commit point, written last. Readers ignore versions
    without it, so a crash anywhere before it leaves nothing visible, and
    running the same promotion again finishes the job.
-5. **Index** — the ``promoted`` event (owner, tier, approver), added once even
-   when re-runs race.
+5. **Index** — the ``promoted`` event (owner, tier, approver, source
+   repository), added once even when re-runs race, and its signed checkpoint
+   (:mod:`airlock.registry.index`): the event pins ``promotion.json`` by digest,
+   so the signed chain covers every object of the version. The index refuses a
+   promotion whose owner is not the model's or whose tier is below the model's
+   minimum (the model record, fixed at its first release).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -50,8 +54,14 @@ from airlock.registry.base import (
     VersionConflictError,
     check_sha256,
     check_version,
+    source_repository,
 )
-from airlock.registry.index import Index, ModelState, PromotedEvent
+from airlock.registry.index import AnyEvent, Index, ModelState, PromotedEvent
+
+if TYPE_CHECKING:
+    from airlock.registry.hoststate import HostState
+    from airlock.signing import Signer
+    from airlock.trust import TrustStore
 
 PLAN_SCHEMA = "airlock.registry.promotion/v1"
 RELEASED_SCHEMA = "airlock.registry.released/v1"
@@ -59,7 +69,7 @@ DEFAULT_WORKERS = 8
 
 Role = Literal["file", "signature", "aibom", "aibom-signature", "report"]
 _ROLE_ORDER: tuple[Role, ...] = ("file", "signature", "aibom", "aibom-signature", "report")
-_REPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json$")
+_REPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json\Z")
 
 
 # --------------------------------------------------------------------------- stored records
@@ -169,12 +179,16 @@ class PromotionRequest:
     owner: str
     risk_tier: RiskTier | str
     approver: str
+    source: str  # where the model came from (a source URI; recorded as its repository, without revision)
     reports: Sequence[Path] = ()
     aibom_signature: Path | None = None
     actor: str = "airlock"
+    source_revision: str | None = None
 
     @classmethod
     def from_manifest(cls, manifest, **kwargs) -> PromotionRequest:  # manifest: airlock.manifest.Manifest
+        kwargs.setdefault("source", manifest.model.source)
+        kwargs.setdefault("source_revision", manifest.model.revision)
         return cls(files=tuple(manifest.files), root_digest=manifest.root_digest, **kwargs)
 
 
@@ -256,6 +270,7 @@ def build_plan(request: PromotionRequest) -> tuple[PromotionPlan, dict[str, Path
     check_sha256(request.root_digest, "root_digest")
     # Checked before anything is written: the index event after RELEASED must not be the first to object.
     policy_for(request.risk_tier)
+    source_repository(request.source)
     for what in ("owner", "approver", "actor"):
         if not str(getattr(request, what)).strip():
             raise RegistryError(f"{model}@{version}: {what} is empty")
@@ -277,7 +292,7 @@ def build_plan(request: PromotionRequest) -> tuple[PromotionPlan, dict[str, Path
         artifacts.append((Layout.AIBOM_SIGNATURE, Path(request.aibom_signature), "aibom-signature"))
     for report in request.reports:
         report = Path(report)
-        if not _REPORT_NAME.match(report.name):
+        if not _REPORT_NAME.fullmatch(report.name):
             raise RegistryError(f"{report}: report files must be named <letters, digits, ._->.json")
         artifacts.append((Layout.REPORTS + report.name, report, "report"))
     for key, path, role in artifacts:
@@ -331,12 +346,22 @@ def promote(
     *,
     workers: int = DEFAULT_WORKERS,
     clock: Callable[[], datetime] | None = None,
+    signer: Signer | None = None,
+    trust: TrustStore | None = None,
+    host_state: HostState | None = None,
 ) -> PromotionResult:
-    """Promote ``request`` (see the module docstring). Safe to re-run after any failure."""
+    """Promote ``request`` (see the module docstring). Safe to re-run after any failure.
+
+    ``signer`` signs the index checkpoint; ``trust`` verifies the chain the
+    promotion extends (see :meth:`airlock.registry.index.Index.append`).
+    """
+    if signer is None:
+        raise RegistryError(f"{request.model}@{request.version}: promotion needs a signer for the index checkpoint")
     now = clock or (lambda: datetime.now(UTC))
     plan, sources = build_plan(request)
     model, version = ModelName.parse(plan.model), plan.version
     plan_bytes = _claim(store, model, version, plan)
+    clean_leftovers(store, Layout.version_prefix(model, version))
     plan_sha256 = hashlib.sha256(plan_bytes).hexdigest()
     released = load_released(store, model, version)
     created = False
@@ -346,9 +371,37 @@ def promote(
     if released.plan_sha256 != plan_sha256:
         raise StoredObjectError(f"{store.object_url(Layout.key(model, version, Layout.RELEASED))}: releases plan "
                                 f"sha256:{released.plan_sha256}, but promotion.json is sha256:{plan_sha256}")
-    _index_promotion(index, model, version, plan, plan_sha256, request)
+    _index_promotion(index, model, version, plan, plan_sha256, request, signer, trust, host_state)
     return PromotionResult(str(model), version, created, released, plan,
                            url=store.object_url(Layout.version_prefix(model, version).rstrip("/")))
+
+
+def clean_leftovers(store: ObjectStore, prefix: str) -> list[str]:
+    """Remove what dead promotions left under ``prefix`` (partial files, unfinished uploads); the keys removed.
+
+    Called once the claim is ours (or joined): only then is this promotion the
+    version's writer. Leftovers a live writer still owns (a concurrent identical
+    promotion) are kept; see :mod:`airlock.registry.leftovers` for how each
+    backend tells. Housekeeping never fails a promotion: a leftover that cannot
+    be removed now is logged and stays listed by ``airlock registry check``.
+    """
+    import logging
+
+    from airlock.registry.leftovers import LeftoverStore
+
+    if not isinstance(store, LeftoverStore):
+        return []
+    log = logging.getLogger(__name__)
+    removed: list[str] = []
+    try:
+        for item in store.leftovers(prefix):
+            if not item.live and store.remove_leftover(item):
+                removed.append(item.key)
+    except (RegistryError, OSError) as exc:
+        log.warning("could not clean leftovers under %s: %s", prefix, exc)
+    if removed:
+        log.info("removed %d leftover(s) of dead promotions under %s: %s", len(removed), prefix, ", ".join(removed))
+    return removed
 
 
 def _claim(store: ObjectStore, model: ModelName, version: str, plan: PromotionPlan) -> bytes:
@@ -409,14 +462,27 @@ def _release(store: ObjectStore, model: ModelName, version: str, plan: Promotion
 
 
 def _index_promotion(index: Index, model: ModelName, version: str, plan: PromotionPlan, plan_sha256: str,
-                     request: PromotionRequest) -> None:
+                     request: PromotionRequest, signer: Signer, trust: TrustStore | None,
+                     host_state: HostState | None) -> None:
     tier = policy_for(request.risk_tier).tier
+    source = source_repository(request.source)
+
+    def mine(event: AnyEvent) -> bool:
+        # The promoted event this request would write (a re-run after a crash before its checkpoint).
+        return (isinstance(event, PromotedEvent) and event.version == version and event.plan_sha256 == plan_sha256
+                and (event.owner, event.risk_tier, event.approver, event.source)
+                == (request.owner, tier, request.approver, source))
 
     def make(state: ModelState | None, seq: int, at: datetime) -> PromotedEvent | None:
-        if state is not None and state.version(version) is not None:
+        current = state.version(version) if state is not None else None
+        if current is not None:
+            if current.plan_sha256 not in (None, plan_sha256):
+                raise StoredObjectError(f"{model}@{version}: the index recorded plan sha256:{current.plan_sha256}, "
+                                        f"the stored plan is sha256:{plan_sha256}")
             return None  # already indexed (a re-run, or a concurrent identical promotion)
         return PromotedEvent(seq=seq, model=str(model), version=version, at=at, actor=request.actor,
                              root_digest=plan.root_digest, plan_sha256=plan_sha256, owner=request.owner,
-                             risk_tier=tier, approver=request.approver)
+                             risk_tier=tier, approver=request.approver, source=source,
+                             source_revision=request.source_revision)
 
-    index.append(model, make)
+    index.append(model, make, signer=signer, trust=trust, own=mine, host_state=host_state)
