@@ -2,7 +2,9 @@
 """`make demo`: ingest the demo models through the running Airflow and show the outcome.
 
 Expects the stack from `make stack-up` (it reads <state>/env through the
-environment that the Makefile sources). Exits non-zero when a run does not
+environment that the Makefile sources). Runs are triggered as the admin user;
+approval forms are answered as a reviewer (four eyes: Airlock refuses an
+approval by the user who triggered the run). Exits non-zero when a run does not
 end as expected.
 """
 
@@ -35,12 +37,18 @@ class DemoCase:
     stops_at: str | None = None  # the task expected to fail
     derivation: str | None = None  # derivation record the demo hub builder wrote, relative to <state>/hub/models
 
+    @property
+    def needs_approval(self) -> bool:
+        """Tier high/critical, and every derivation claim, wait for a human (here: the reviewer, via the API)."""
+        return self.expected_state == "success" and (self.risk_tier in ("high", "critical") or bool(self.derivation))
+
 
 CASES = (
     DemoCase("hf://demo/tiny-gpt2", "high", "success",
              "a clean safetensors model; tier high needs a human's approval, given here through the API"),
     DemoCase("hf://demo/tiny-gpt2-fp16", "medium", "success",
-             "an fp16 cast of tiny-gpt2 with its derivation record: the AI-BOM's pedigree names the parent",
+             "an fp16 cast of tiny-gpt2 with its derivation record: a reviewer approves the claim, "
+             "the AI-BOM's pedigree names the parent",
              derivation="demo/tiny-gpt2-fp16.derivation.json"),
     DemoCase("hf://demo/tiny-gpt2-bin", "medium", "success", "pickle weights, all allowlisted: fine at medium"),
     DemoCase("hf://demo/tiny-gpt2-bin", "high", "failed", "the same pickle weights are refused at high",
@@ -52,18 +60,18 @@ CASES = (
 )
 
 
-def run_case(client: AirflowClient, case: DemoCase) -> tuple[bool, dict | None]:
+def run_case(client: AirflowClient, reviewer: AirflowClient, case: DemoCase) -> tuple[bool, dict | None]:
     conf = {"source": case.source, "revision": None, "owner": "ml-platform", "risk_tier": case.risk_tier}
     if case.derivation:
         state = Path(os.environ.get("AIRLOCK_STATE_DIR", ".airlock"))
         conf["derivation"] = json.loads((state / "hub" / "models" / case.derivation).read_text())
     run_id = client.trigger(DAG_ID, conf, note=f"make demo: {case.why}")
     print(f"\n▶ {case.source} (tier {case.risk_tier}): {case.why}\n  run {run_id}")
-    if case.risk_tier in ("high", "critical") and case.expected_state == "success":
+    if case.needs_approval:
         client.wait_for_task(DAG_ID, run_id, "approve", {"awaiting_input", "deferred"})
         print(f"  waiting for approval (UI: {client.base_url}/required_actions); approving as "
-              f"{client.username} through the API")
-        client.respond(DAG_ID, run_id, "approve", ["Approve"])
+              f"{reviewer.username} through the API (triggered by {client.username})")
+        reviewer.respond(DAG_ID, run_id, "approve", ["Approve"])
     run = client.wait_for_run(DAG_ID, run_id)
     instances = client.task_instances(DAG_ID, run_id)
     for ti in sorted(instances, key=lambda t: (t.get("start_date") or "~", TASK_ORDER.index(t["task_id"])
@@ -105,10 +113,19 @@ def main() -> int:
     user = os.environ.get("AIRLOCK_AIRFLOW_ADMIN_USER", "admin")
     password = os.environ.get("AIRLOCK_AIRFLOW_ADMIN_PASSWORD", "airlock")
     client = AirflowClient(url, user, password)
+    state = Path(os.environ.get("AIRLOCK_STATE_DIR", ".airlock"))
+    reviewer_name = os.environ.get("AIRLOCK_AIRFLOW_REVIEWER", "reviewer")
+    try:
+        passwords = json.loads((state / "secrets" / "airflow-passwords.json").read_text())
+        reviewer = AirflowClient(url, reviewer_name, passwords[reviewer_name])
+    except (OSError, ValueError, KeyError):
+        print(f"demo failed: no password for Airflow user {reviewer_name!r} in {state}/secrets "
+              f"(start the stack with `make stack-up`)", file=sys.stderr)
+        return 1
     try:
         client.wait_for_dag(DAG_ID)
         client.unpause(DAG_ID)
-        outcomes = [run_case(client, case) for case in CASES]
+        outcomes = [run_case(client, reviewer, case) for case in CASES]
     except AirlockError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
@@ -117,6 +134,8 @@ def main() -> int:
     if first_promoted:
         results.append(pull_verified_copy(first_promoted))
     print(f"\nAirflow UI: {url}  (login: {user} / {password})")
+    print(f"Approvals: only reviewers may answer, never the user who triggered the run: log in as {reviewer_name} "
+          f"(password in {state}/secrets/airflow-passwords.json) under Required Actions")
     print(f"Runs: {url}/dags/{DAG_ID}/runs")
     print("Registry:  . .airlock/env && .venv/bin/airlock registry list")
     print("Outcome:", "all demo runs ended as expected" if all(results) else "some demo runs did NOT end as expected")

@@ -67,7 +67,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _parent_root_digest(parent_dir: Path) -> str:
-    """The parent's model_signing root digest: what the registry holds for it."""
+    """A model directory's model_signing root digest: what the registry holds for it."""
     from airlock.manifest import manifest_for_directory
 
     return manifest_for_directory(parent_dir).root_digest
@@ -107,12 +107,16 @@ def build_fp16(parent_dir: Path, out_dir: Path, *, parent_version: str | None = 
     for name in _COPIED:
         shutil.copyfile(parent_dir / name, target / name)
     (target / "README.md").write_bytes(CARD.encode("utf-8"))
-    record = derivation_record(_parent_root_digest(parent_dir), tools, parent_version)
+    # The claim names its output by digest: ingestion refuses a record whose last step did not produce the model
+    # being ingested (so a record cannot be attached to some other model to borrow this parent).
+    record = derivation_record(_parent_root_digest(parent_dir), tools, parent_version,
+                               output_root_digest=_parent_root_digest(target))
     _write_json(target.with_name(target.name + DERIVATION_SUFFIX), record)
     return target, record
 
 
-def derivation_record(parent_root_digest: str, tools: dict[str, str], parent_version: str | None) -> dict[str, Any]:
+def derivation_record(parent_root_digest: str, tools: dict[str, str], parent_version: str | None,
+                      output_root_digest: str | None = None) -> dict[str, Any]:
     """The ``airlock.derivation/v1`` record for the fp16 cast (validated against the schema before it is returned)."""
     from airlock.aibom import DerivationRecord
 
@@ -133,6 +137,8 @@ def derivation_record(parent_root_digest: str, tools: dict[str, str], parent_ver
             "description": "cast every floating-point tensor of the parent to float16",
         }],
     }
+    if output_root_digest is not None:
+        record["steps"][-1]["output_root_digest"] = output_root_digest
     return DerivationRecord.load(record).to_json_dict()
 
 

@@ -399,8 +399,17 @@ def provision_vault(state: State, root_token: str) -> None:
     login = hvac.Client(url=VAULT.url).auth.approle.login(role_id=role_id, secret_id=secret_id)
     write_secret(state.secret("vault-approle.json"), json.dumps({"role_id": role_id, "secret_id": secret_id}))
     write_secret(state.secret("vault-signer-token"), login["auth"]["client_token"])
+    export_trust_store(state)
     log(f"vault provisioned: transit key {SIGNING_KEY} (ecdsa-p256, non-exportable), policy {SIGNER_POLICY}, "
         f"AppRole {PIPELINE_APPROLE}, key-admin token in {state.secret('vault-key-admin-token')}")
+
+
+def export_trust_store(state: State) -> None:
+    """`airlock keys export` into <state>/trust.pem (AIRLOCK_TRUST_STORE): public keys only, revocations kept."""
+    env = {**os.environ, "AIRLOCK_VAULT_ADDR": VAULT.url, "AIRLOCK_VAULT_TRANSIT_MOUNT": TRANSIT_MOUNT,
+           "AIRLOCK_VAULT_KEY": SIGNING_KEY, "AIRLOCK_VAULT_TOKEN": state.secret("vault-signer-token").read_text().strip()}
+    run_checked([str(VENV_BIN / "airlock"), "keys", "export", "--output", str(state.root / "trust.pem")], env=env,
+                what="exporting the trust store (airlock keys export)")
 
 
 def transit_key_exists(admin) -> bool:
@@ -501,6 +510,31 @@ def airflow_admin_password() -> str:
     return os.environ.get("AIRLOCK_AIRFLOW_ADMIN_PASSWORD", AIRFLOW_ADMIN_PASSWORD_DEFAULT)
 
 
+# Local Airflow users (simple auth manager roles). "operator" triggers and operates runs (role user: it can
+# also edit XCom and task states, which is why no gate trusts them); the reviewers answer approval forms;
+# "airlock-gate" is the read-only user tasks read Airflow's own records with (HITL answers, who triggered
+# a run) through the `airlock_airflow` connection.
+AIRFLOW_OPERATOR_USER = "operator"
+AIRFLOW_REVIEWERS = ("reviewer", "reviewer2")
+AIRFLOW_GATE_USER = "airlock-gate"
+AIRFLOW_USERS = {AIRFLOW_ADMIN_USER: "admin", AIRFLOW_OPERATOR_USER: "user",
+                 **dict.fromkeys(AIRFLOW_REVIEWERS, "user"), AIRFLOW_GATE_USER: "viewer"}
+
+
+def airflow_passwords(state: State) -> dict[str, str]:
+    """Every local user's password: admin's from the environment (default "airlock"), the others random,
+    generated once and kept in <state>/secrets/airflow-passwords.json (tests and `make demo` read them there)."""
+    import secrets
+
+    try:
+        known = json.loads(state.secret("airflow-passwords.json").read_text())
+    except (OSError, ValueError):
+        known = {}
+    passwords = {user: known.get(user) or secrets.token_urlsafe(18) for user in AIRFLOW_USERS}
+    passwords[AIRFLOW_ADMIN_USER] = airflow_admin_password()
+    return passwords
+
+
 def airflow_env(state: State, stack_env: dict[str, str]) -> dict[str, str]:
     """Environment for every Airflow process: the repo's dags/plugins and the stack's addresses."""
     home = state.airflow_home
@@ -518,7 +552,11 @@ def airflow_env(state: State, stack_env: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
+        # Every user has its own role; "all admins" would let anyone answer any approval form.
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        # Who may answer model_ingest's approval form (airlock.config; the DAG assigns the form to them).
+        "AIRLOCK_REVIEWERS": ",".join(AIRFLOW_REVIEWERS),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(state.secret("airflow-passwords.json")),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{AIRFLOW.url}/execution/",
         "AIRFLOW__API__HOST": AIRFLOW.host,
@@ -560,6 +598,15 @@ def airflow_connections(state: State) -> dict[str, dict]:
             "schema": "http",
             "description": "Hugging Face-compatible hub (token, if any, in the password field)",
         },
+        "airlock_airflow": {
+            "conn_type": "http",
+            "host": AIRFLOW.host,
+            "port": AIRFLOW.port,
+            "schema": "http",
+            "login": AIRFLOW_GATE_USER,
+            "password": airflow_passwords(state)[AIRFLOW_GATE_USER],
+            "description": "Airflow's REST API as a read-only user: the gates read HITL answers and run records",
+        },
     }
 
 
@@ -569,8 +616,7 @@ def start_airflow(state: State, stack_env: dict[str, str]) -> None:
         return
     ensure_port_free(AIRFLOW)
     state.airflow_home.mkdir(exist_ok=True)
-    write_secret(state.secret("airflow-passwords.json"),
-                 json.dumps({AIRFLOW_ADMIN_USER: airflow_admin_password()}))
+    write_secret(state.secret("airflow-passwords.json"), json.dumps(airflow_passwords(state)))
     env = airflow_env(state, stack_env)
     airflow = str(VENV_BIN / "airflow")
     log("migrating the Airflow metadata database")
@@ -582,6 +628,10 @@ def start_airflow(state: State, stack_env: dict[str, str]) -> None:
                     what="airflow connections import")
     finally:
         connections_file.unlink(missing_ok=True)
+    # dags/model_integrity_watch.py bounds its re-hashing through this pool; a task naming a pool that does not
+    # exist is never scheduled, so the pool is created (idempotently: `set` updates) with the connections.
+    run_checked([airflow, "pools", "set", "integrity_watch", "2", "integrity watch: targets re-hashed at once"],
+                env=env, what="airflow pools set integrity_watch")
     pid = spawn(state, "airflow", airflow_components_argv(airflow), env, marker=AIRFLOW_MARKER)
     wait_until(state, "airflow", pid, airflow_healthy, 240, f"GET {AIRFLOW.url}/api/v2/monitor/health")
     log(f"airflow up at {AIRFLOW.url} (login {AIRFLOW_ADMIN_USER} / {airflow_admin_password()})")
@@ -638,6 +688,10 @@ def stack_environment(state: State) -> dict[str, str]:
         "AIRLOCK_AIRFLOW_URL": AIRFLOW.url,
         "AIRLOCK_REGISTRY": os.environ.get("AIRLOCK_REGISTRY", str(state.root / "registry")),
         "AIRLOCK_QUARANTINE_ROOT": os.environ.get("AIRLOCK_QUARANTINE_ROOT", str(state.root / "quarantine")),
+        # The host trust store pulls, loads and the DAG verify with (never the registry's own copy): the
+        # `airlock keys export` file provision_vault writes. And where this host remembers verified index heads.
+        "AIRLOCK_TRUST_STORE": str(state.root / "trust.pem"),
+        "AIRLOCK_HOST_STATE": os.environ.get("AIRLOCK_HOST_STATE", str(state.root / "host-state")),
         "AIRFLOW_HOME": str(state.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),

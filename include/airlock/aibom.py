@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from airlock import __version__
+from airlock import __version__, strictjson
 from airlock.errors import AirlockError, first_validation_problem
 from airlock.fsutil import FileEntry, atomic_write
 
@@ -77,11 +77,24 @@ class _Frozen(BaseModel):
 # --------------------------------------------------------------------------- derivation record (input contract)
 
 
+# A derivation record is a claim made by whoever triggers the ingestion: bounded in size (steps, parameters, string
+# lengths) so it cannot bloat the BOM or the approval form, and always rendered escaped.
+MAX_DERIVATION_STEPS = 16
+MAX_DERIVATION_PARAMETERS = 64
+MAX_DERIVATION_BYTES = 64 * 1024
+_Text = Annotated[str, Field(min_length=1, max_length=256)]
+_LongText = Annotated[str, Field(max_length=2000)]
+_ParamKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+BoundedScalar = Annotated[str, Field(max_length=256)] | int | float | bool
+
+
 class ParentRef(_Frozen):
     """The model this one was derived from, as it is (or should be) in our registry."""
 
-    model: str = Field(description="ORG/NAME in the registry")
-    version: str | None = Field(default=None, description="registry version; found by root_digest when omitted")
+    model: str = Field(description="ORG/NAME in the registry", max_length=193,
+                       pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+    version: str | None = Field(default=None, description="registry version; found by root_digest when omitted",
+                                max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
     root_digest: str | None = Field(default=None, pattern=_SHA256, description="the parent's model_signing root digest")
 
     @model_validator(mode="after")
@@ -92,23 +105,23 @@ class ParentRef(_Frozen):
 
 
 class _Step(_Frozen):
-    tool: str = Field(min_length=1)
-    tool_version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$",
+    tool: _Text
+    tool_version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$", max_length=64,
                               description="the exact version (no ranges): what actually ran")
-    run_by: str | None = Field(default=None, description="the person or pipeline that ran it")
+    run_by: _Text | None = Field(default=None, description="the person or pipeline that ran it")
     started_at: AwareDatetime | None = None
     ended_at: AwareDatetime | None = None
     output_root_digest: str | None = Field(default=None, pattern=_SHA256,
                                            description="root digest of this step's output, when recorded")
-    description: str | None = None
+    description: _LongText | None = None
 
 
 class FineTuneStep(_Step):
     kind: Literal["fine-tune"] = "fine-tune"
-    dataset: str = Field(min_length=1, description="dataset identifier, e.g. a hub id or an internal URI")
-    dataset_revision: str | None = None
-    hyperparameters: dict[str, Scalar]
-    run_by: str = Field(min_length=1)
+    dataset: _Text = Field(description="dataset identifier, e.g. a hub id or an internal URI")
+    dataset_revision: _Text | None = None
+    hyperparameters: dict[_ParamKey, BoundedScalar] = Field(max_length=MAX_DERIVATION_PARAMETERS)
+    run_by: _Text
     duration_s: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
@@ -127,8 +140,8 @@ class FineTuneStep(_Step):
 
 class ConversionStep(_Step):
     kind: Literal["quantization", "conversion"]
-    method: str = Field(min_length=1, description="GPTQ, AWQ, GGUF, bitsandbytes, dtype-cast, onnx-export, ...")
-    parameters: dict[str, Scalar] = Field(default_factory=dict)
+    method: _Text = Field(description="GPTQ, AWQ, GGUF, bitsandbytes, dtype-cast, onnx-export, ...")
+    parameters: dict[_ParamKey, BoundedScalar] = Field(default_factory=dict, max_length=MAX_DERIVATION_PARAMETERS)
 
 
 DerivationStep = Annotated[FineTuneStep | ConversionStep, Field(discriminator="kind")]
@@ -139,7 +152,7 @@ class DerivationRecord(_Frozen):
 
     schema_: Literal["airlock.derivation/v1"] = Field(default=DERIVATION_SCHEMA, alias="schema")
     parent: ParentRef
-    steps: tuple[DerivationStep, ...] = Field(min_length=1)
+    steps: tuple[DerivationStep, ...] = Field(min_length=1, max_length=MAX_DERIVATION_STEPS)
 
     @classmethod
     def load(cls, source: Path | Mapping[str, Any]) -> DerivationRecord:
@@ -150,6 +163,12 @@ class DerivationRecord(_Frozen):
                 source = json.loads(source.read_bytes())
             except (OSError, ValueError) as exc:
                 raise AibomError(f"{where}: not readable JSON ({exc})") from None
+        try:
+            size = len(json.dumps(source, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise AibomError(f"{where}: not plain JSON ({exc})") from None
+        if size > MAX_DERIVATION_BYTES:
+            raise AibomError(f"{where}: {size} bytes of JSON, more than the {MAX_DERIVATION_BYTES} a record may have")
         try:
             return cls.model_validate(source)
         except ValidationError as exc:
@@ -1073,3 +1092,60 @@ def verify_aibom_with_trust_store(bom_bytes: bytes, bundle_bytes: bytes, trust: 
     verify_aibom_signature(bom_bytes, bundle_bytes, key.public_key_pem.encode())
     return key.key_id
 
+
+
+def verify_aibom_binding(bom_bytes: bytes, *, model: str, version: str, root_digest: str, version_path: str,
+                         bound: Mapping[str, str]) -> None:
+    """Check that a (signature-verified) AI-BOM is the BOM of ``model@version`` and pins every object in ``bound``.
+
+    The subject is ``metadata.component``: a ``machine-learning-model`` named
+    ``group/name`` = ``model``, with ``airlock:registry:model`` = ``model``,
+    ``airlock:registry:version`` = ``version`` (each exactly once) and SHA-256
+    hashes equal to ``root_digest`` only. ``bound`` maps keys inside the version
+    (``model.sig``, ``reports/scan.json``) to their sha256: each must be an
+    external reference of the component whose URL ends with
+    ``/<version_path>/<key>`` and whose SHA-256 is that digest, with no other
+    reference to the same key. The BOM is parsed with duplicate JSON keys refused,
+    so no other reader can see another subject in the same signed bytes.
+    Any problem raises :class:`AibomError` naming the field.
+    """
+
+    try:
+        document = strictjson.loads(bom_bytes)
+        component = document["metadata"]["component"]
+        properties = component.get("properties") or []
+        hashes = component.get("hashes") or []
+        references = component.get("externalReferences") or []
+        if not (isinstance(properties, list) and isinstance(hashes, list) and isinstance(references, list)):
+            raise TypeError("properties, hashes and externalReferences must be lists")
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise AibomError(f"{AIBOM_FILE}: metadata.component cannot be read ({exc})") from None
+
+    def prop(name: str) -> str:
+        values = [p.get("value") for p in properties if isinstance(p, dict) and p.get("name") == name]
+        if len(values) != 1 or not isinstance(values[0], str):
+            raise AibomError(f"{AIBOM_FILE}: metadata.component has {len(values)} {name!r} properties, expected 1")
+        return values[0]
+
+    org, _, name = model.partition("/")
+    subject = (component.get("type"), component.get("group"), component.get("name"),
+               prop("airlock:registry:model"), prop("airlock:registry:version"))
+    if subject != ("machine-learning-model", org, name, model, version):
+        raise AibomError(f"{AIBOM_FILE}: describes {subject[3]}@{subject[4]} (component {subject[1]}/{subject[2]}, "
+                         f"type {subject[0]}), not {model}@{version}: another version's BOM is not delivered")
+    roots = {h.get("content") for h in hashes if isinstance(h, dict) and h.get("alg") == "SHA-256"}
+    if roots != {root_digest}:
+        raise AibomError(f"{AIBOM_FILE}: metadata.component hashes {sorted(map(str, roots))} are not the root "
+                         f"sha256:{root_digest} of {model}@{version}")
+    for key, sha256 in sorted(bound.items()):
+        suffix = f"/{version_path.strip('/')}/{key}"
+        matching = [r for r in references if isinstance(r, dict) and isinstance(r.get("url"), str)
+                    and r["url"].endswith(suffix)]
+        digests = {h.get("content") for r in matching for h in (r.get("hashes") or [])
+                   if isinstance(h, dict) and h.get("alg") == "SHA-256"}
+        if not matching:
+            raise AibomError(f"{key}: not referenced by the signed AI-BOM; an object the BOM does not pin is not "
+                             f"delivered")
+        if digests != {sha256}:
+            raise AibomError(f"{key}: sha256:{sha256}, but the signed AI-BOM pins "
+                             f"{', '.join('sha256:' + str(d) for d in sorted(map(str, digests))) or 'no sha256'}")

@@ -18,7 +18,14 @@ TERMINAL_RUN_STATES = {"success", "failed"}
 
 
 class AirflowApiError(AirlockError):
-    """The API answered with an error or not at all; the message names the call."""
+    """The API answered with an error or not at all; the message names the call.
+
+    ``status`` is the HTTP status, or None when no answer came (connection refused, timeout).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -43,7 +50,8 @@ class AirflowClient:
         except requests.RequestException as exc:
             raise AirflowApiError(f"POST {url}: {type(exc).__name__}") from None
         if response.status_code not in (200, 201):
-            raise AirflowApiError(f"POST {url}: HTTP {response.status_code} (check the username and password)")
+            raise AirflowApiError(f"POST {url}: HTTP {response.status_code} (check the username and password)",
+                                  response.status_code)
         return response.json()["access_token"]
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -53,7 +61,8 @@ class AirflowClient:
         except requests.RequestException as exc:
             raise AirflowApiError(f"{method} {url}: {type(exc).__name__}") from None
         if response.status_code >= 400:
-            raise AirflowApiError(f"{method} {url}: HTTP {response.status_code}: {response.text[:500]}")
+            raise AirflowApiError(f"{method} {url}: HTTP {response.status_code}: {response.text[:500]}",
+                                  response.status_code)
         return response.json() if response.content else None
 
     def import_errors(self) -> list[dict]:
@@ -123,6 +132,50 @@ class AirflowClient:
             "PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails",
             json={"chosen_options": options, "params_input": {}},
         )
+
+    def set_task_state(self, dag_id: str, run_id: str, task_id: str, state: str) -> Any:
+        """Mark a task instance (what an operator does with "Mark as success/failed" in the UI)."""
+        return self.request("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}",
+                            json={"new_state": state})
+
+    def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str], downstream: bool = False) -> Any:
+        """Clear task instances so they run again (the UI's "Clear")."""
+        return self.request("POST", f"/dags/{dag_id}/clearTaskInstances", json={
+            "dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "include_downstream": downstream,
+            "only_failed": False, "reset_dag_runs": True,
+        })
+
+    def set_xcom(self, dag_id: str, run_id: str, task_id: str, value: Any, key: str = "return_value") -> Any:
+        """Create (or replace) a task's XCom entry, as an operator can through the API."""
+        base = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries"
+        try:
+            return self.request("POST", base, json={"key": key, "value": value})
+        except AirflowApiError as exc:
+            if exc.status != 409:  # already there: replace it
+                raise
+            return self.request("PATCH", f"{base}/{key}", json={"value": value})
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        """The task's log of one try as text (structured log lines joined)."""
+        body = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+                            params={"full_content": "true"})
+        content = body.get("content") if isinstance(body, dict) else body
+        if not isinstance(content, list):
+            return str(content)
+        lines = []
+        for line in content:
+            if not isinstance(line, dict):
+                lines.append(str(line))
+                continue
+            lines.append(str(line.get("event", "")))
+            # A task's exception is logged as structured detail: keep its type and message.
+            for error in line.get("error_detail") or ():
+                if isinstance(error, dict):
+                    lines.append(f"{error.get('exc_type', '')}: {error.get('exc_value', '')}")
+        return "\n".join(lines)
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]

@@ -139,6 +139,30 @@ POLICIES: dict[RiskTier, TierPolicy] = {
 }
 
 
+def tier_rank(tier: str | RiskTier) -> int:
+    """low < medium < high < critical."""
+    return list(RiskTier).index(RiskTier(tier))
+
+
+# --------------------------------------------------------------------------- run parameters
+#
+# One pattern per DAG parameter, used both as the Param's JSON-schema pattern (checked when a run is
+# triggered) and by the library with re.search (checked again by the first task). The end anchor is a
+# lookahead, not "$": in Python's re (which jsonschema uses) "$" also matches before a trailing newline,
+# so "demo/tiny-gpt2\n" would pass; "(?![\s\S])" means "no character follows" in Python and ECMAScript.
+END = r"(?![\s\S])"
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+REGISTRY_NAME_PATTERN = rf"^{_SEGMENT}/{_SEGMENT}{END}"
+REVISION_PATTERN = rf"^[A-Za-z0-9._/:-]{{1,255}}{END}"
+# Printable and plain: letters, digits, inner spaces, '.', '@', '-' (no newline, no Markdown or HTML control).
+OWNER_PATTERN = rf"^[A-Za-z0-9](?:[A-Za-z0-9 .@-]{{0,126}}[A-Za-z0-9])?{END}"
+SOURCE_PATTERN = (
+    r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?"
+    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^?#\x00-\x1f\x7f]*)?(\?version=sha256:[0-9a-f]{64})?"
+    r"|file:///[^?#\x00-\x1f\x7f]*(\?version=sha256:[0-9a-f]{64})?)" + END
+)
+
+
 def policy_for(tier: str | RiskTier) -> TierPolicy:
     """The policy of ``tier``; an unknown tier is a configuration error, never a default."""
     try:

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from airlock.quarantine import RESERVATIONS_DIR
 from tests.conftest import require_env
 
 REPO = Path(__file__).resolve().parents[2]
+# The running stack's registry (tests below point AIRLOCK_REGISTRY at a temporary one for dag.test runs).
+STACK_REGISTRY = os.environ.get("AIRLOCK_REGISTRY", "")
 
 
 @pytest.fixture()
@@ -183,33 +186,6 @@ def _assert_promoted_copy_verifies(registry_root: Path, model: str, version: str
         version_dir / "files" / "model.safetensors").read_bytes()
 
 
-def test_a_derived_model_bom_points_at_its_parent_in_the_registry(model_ingest, tmp_path: Path) -> None:
-    """demo/tiny-gpt2-fp16 with its derivation record: pedigree names the parent's registry version and digest."""
-    import json
-
-    parent = model_ingest.test(
-        run_conf={"source": "hf://demo/tiny-gpt2", "revision": None, "owner": "tests", "risk_tier": "medium"}
-    )
-    assert parent.state == "success", _states(parent)
-    parent_promoted = _xcom(parent, "promote")
-    record_file = Path(require_env("AIRLOCK_STATE_DIR")) / "hub" / "models" / "demo" / "tiny-gpt2-fp16.derivation.json"
-    derived = model_ingest.test(run_conf={
-        "source": "hf://demo/tiny-gpt2-fp16", "revision": None, "owner": "tests", "risk_tier": "medium",
-        "derivation": json.loads(record_file.read_text()),
-    })
-    assert derived.state == "success", _states(derived)
-    promoted = _xcom(derived, "promote")
-    version_dir = tmp_path / "registry" / "models" / "demo" / "tiny-gpt2-fp16" / promoted["version"]
-    bom = json.loads((version_dir / "aibom.cdx.json").read_text())
-    (ancestor,) = bom["metadata"]["component"]["pedigree"]["ancestors"]
-    assert ancestor["hashes"][0]["content"] == parent_promoted["root_digest"]
-    properties = {p["name"]: p["value"] for p in ancestor["properties"]}
-    assert properties["airlock:registry:version"] == parent_promoted["version"]
-    assert properties["airlock:registry:model"] == "demo/tiny-gpt2"
-    tasks = {w["bom-ref"].rsplit(":", 1)[-1]: [t["name"] for t in w["tasks"]] for w in bom["formulation"][0]["workflows"]}
-    assert tasks == {"ingest": ["download", "scan", "sign", "promote"], "derivation": ["conversion: dtype-cast"]}
-
-
 @pytest.mark.parametrize(("source", "tier"), [("hf://demo/evil-pickle", "low"), ("hf://demo/tiny-gpt2-bin", "high")])
 def test_scan_blocks_before_anything_is_signed(model_ingest, source: str, tier: str, tmp_path: Path) -> None:
     dag_run = model_ingest.test(run_conf={"source": source, "revision": None, "owner": "tests", "risk_tier": tier})
@@ -241,7 +217,9 @@ def test_a_tampered_hub_repo_fails_the_run_naming_the_file_and_still_tears_down(
     assert states["hash_manifest"] == "upstream_failed"
     assert states["remove_quarantine"] == "success"
     assert _asset_events(dag_run) == []
-    assert not any(p.is_file() for p in quarantine_root.rglob("*"))
+    # Nothing of the model is left, and the run's space reservation was released (only the ledger's lock remains).
+    left = [p.relative_to(quarantine_root) for p in quarantine_root.rglob("*") if p.is_file()]
+    assert left in ([], [Path(RESERVATIONS_DIR, ".lock")]), left
 
 
 def test_keep_on_failure_leaves_the_evidence(model_ingest, quarantine_root: Path, monkeypatch) -> None:
@@ -270,24 +248,40 @@ def test_dag_test_fails_for_a_missing_repository(model_ingest) -> None:
     assert dag_run.state == "failed"
 
 
-@pytest.mark.slow
-def test_a_real_run_through_the_airflow_api_with_human_approval() -> None:
-    """The running `airflow standalone`: tier high waits for a human, the approval (as the UI sends it) promotes."""
+def _api_client(user: str = "admin"):
+    """A client of the running Airflow as ``user``: admin, or a user scripts/stack.py created (reviewer, ...)."""
+    import json
+
     from airlock.airflow_client import AirflowClient
 
-    client = AirflowClient(
-        require_env("AIRLOCK_AIRFLOW_URL"), "admin", os.environ.get("AIRLOCK_AIRFLOW_ADMIN_PASSWORD", "airlock")
-    )
-    assert client.import_errors() == []
+    if user == "admin":
+        password = os.environ.get("AIRLOCK_AIRFLOW_ADMIN_PASSWORD", "airlock")
+    else:
+        secrets = Path(require_env("AIRLOCK_STATE_DIR")) / "secrets" / "airflow-passwords.json"
+        password = json.loads(secrets.read_text())[user]
+    return AirflowClient(require_env("AIRLOCK_AIRFLOW_URL"), user, password, timeout=120)
+
+
+def _approved_run(conf: dict) -> str:
+    """Trigger as admin, approve as a reviewer (four eyes), wait for the run; its id."""
+    client, reviewer = _api_client(), _api_client("reviewer")
     client.wait_for_dag("model_ingest")
     client.unpause("model_ingest")
-    run_id = client.trigger(
-        "model_ingest", {"source": "hf://demo/tiny-gpt2@main", "owner": "tests", "risk_tier": "high"}
-    )
-    client.wait_for_task("model_ingest", run_id, "approve", {"awaiting_input", "deferred"}, timeout=300)
-    client.respond("model_ingest", run_id, "approve", ["Approve"])
-    run = client.wait_for_run("model_ingest", run_id, timeout=300)
+    run_id = client.trigger("model_ingest", conf)
+    client.wait_for_task("model_ingest", run_id, "approve", {"awaiting_input", "deferred"}, timeout=600)
+    reviewer.respond("model_ingest", run_id, "approve", ["Approve"])
+    run = client.wait_for_run("model_ingest", run_id, timeout=600, poll=5)
     assert run["state"] == "success", client.task_instances("model_ingest", run_id)
+    return run_id
+
+
+@pytest.mark.slow
+def test_a_real_run_through_the_airflow_api_with_human_approval() -> None:
+    """The running `airflow standalone`: tier high waits for a human, a reviewer's approval (as the UI sends it)
+    promotes."""
+    client = _api_client()
+    assert client.import_errors() == []
+    run_id = _approved_run({"source": "hf://demo/tiny-gpt2@main", "owner": "ml-platform", "risk_tier": "high"})
     promoted = client.xcom("model_ingest", run_id, "promote")
     assert promoted["model"] == "demo/tiny-gpt2" and promoted["version"].startswith("rev-")
     states = {ti["task_id"]: ti["state"] for ti in client.task_instances("model_ingest", run_id)}
@@ -295,22 +289,51 @@ def test_a_real_run_through_the_airflow_api_with_human_approval() -> None:
 
 
 @pytest.mark.slow
-def test_a_rejected_model_fails_the_run_and_is_never_signed() -> None:
-    from airlock.airflow_client import AirflowClient
+def test_a_derived_model_bom_points_at_its_parent_in_the_registry() -> None:
+    """demo/tiny-gpt2-fp16 with its derivation record (a claim a reviewer approves): the pedigree names the
+    parent's registry version and digest."""
+    import json
 
-    client = AirflowClient(
-        require_env("AIRLOCK_AIRFLOW_URL"), "admin", os.environ.get("AIRLOCK_AIRFLOW_ADMIN_PASSWORD", "airlock")
-    )
+    from airlock.manifest import manifest_for_directory
+    from airlock.registry import open_registry
+
+    hub = Path(require_env("AIRLOCK_STATE_DIR")) / "hub" / "models" / "demo"
+    assert STACK_REGISTRY, "AIRLOCK_REGISTRY is not set: start the local stack with `make stack-up`"
+    registry = open_registry(STACK_REGISTRY)
+    parent_root = manifest_for_directory(hub / "tiny-gpt2").root_digest
+    if not registry.find_by_digest("demo/tiny-gpt2", parent_root):
+        _approved_run({"source": "hf://demo/tiny-gpt2", "owner": "ml-platform", "risk_tier": "high"})
+    (parent,) = registry.find_by_digest("demo/tiny-gpt2", parent_root)
+    record = json.loads((hub / "tiny-gpt2-fp16.derivation.json").read_text())
+    assert record["steps"][-1]["output_root_digest"] == manifest_for_directory(hub / "tiny-gpt2-fp16").root_digest
+    run_id = _approved_run({"source": "hf://demo/tiny-gpt2-fp16", "owner": "ml-platform", "risk_tier": "medium",
+                            "derivation": record})
+    promoted = _api_client().xcom("model_ingest", run_id, "promote")
+    version_dir = Path(STACK_REGISTRY) / "models" / "demo" / "tiny-gpt2-fp16" / promoted["version"]
+    bom = json.loads((version_dir / "aibom.cdx.json").read_text())
+    (ancestor,) = bom["metadata"]["component"]["pedigree"]["ancestors"]
+    assert ancestor["hashes"][0]["content"] == parent.root_digest
+    properties = {p["name"]: p["value"] for p in ancestor["properties"]}
+    assert properties["airlock:registry:version"] == parent.version
+    assert properties["airlock:registry:model"] == "demo/tiny-gpt2"
+    tasks = {w["bom-ref"].rsplit(":", 1)[-1]: [t["name"] for t in w["tasks"]] for w in bom["formulation"][0]["workflows"]}
+    assert tasks == {"ingest": ["download", "scan", "review", "sign", "promote"],
+                     "derivation": ["conversion: dtype-cast"]}
+
+
+@pytest.mark.slow
+def test_a_rejected_model_fails_the_run_and_is_never_signed() -> None:
+    client, reviewer = _api_client(), _api_client("reviewer")
     client.wait_for_dag("model_ingest")
     client.unpause("model_ingest")
     run_id = client.trigger(
-        "model_ingest", {"source": "hf://demo/remote-code", "owner": "tests", "risk_tier": "medium"}
+        "model_ingest", {"source": "hf://demo/remote-code", "owner": "ml-platform", "risk_tier": "medium"}
     )
     # remote code at tier medium is flagged, not blocked: it needs a human, who says no.
-    client.wait_for_task("model_ingest", run_id, "approve", {"awaiting_input", "deferred"}, timeout=300)
+    client.wait_for_task("model_ingest", run_id, "approve", {"awaiting_input", "deferred"}, timeout=600)
     assert client.xcom("model_ingest", run_id, "scan_model")["requires_approval"] is True
-    client.respond("model_ingest", run_id, "approve", ["Reject"])
-    run = client.wait_for_run("model_ingest", run_id, timeout=300)
+    reviewer.respond("model_ingest", run_id, "approve", ["Reject"])
+    run = client.wait_for_run("model_ingest", run_id, timeout=600, poll=5)
     states = {ti["task_id"]: ti["state"] for ti in client.task_instances("model_ingest", run_id)}
     assert run["state"] == "failed"
     assert states["approve"] == "failed"
@@ -318,8 +341,14 @@ def test_a_rejected_model_fails_the_run_and_is_never_signed() -> None:
     assert states["remove_quarantine"] == "success"
 
 
-def test_dag_test_ingests_an_s3_vendor_drop(model_ingest) -> None:
-    """The S3 path through the DAG: credentials from the environment (no airlock_s3 connection in tests)."""
+def test_dag_test_verifies_an_s3_vendor_drop_and_signs_nothing_without_its_name_approved(
+    model_ingest, tmp_path: Path
+) -> None:
+    """The S3 path through the DAG: credentials from the environment (no airlock_s3 connection in tests).
+
+    A drop has no name of its own, so its registry name needs a human at the first release; dag.test cannot
+    answer a form, and `approve` marked success (mark_success_pattern, as an operator could) is no answer.
+    """
     import hashlib
     import uuid
 
@@ -337,13 +366,17 @@ def test_dag_test_ingests_an_s3_vendor_drop(model_ingest) -> None:
             run_conf={
                 "source": f"s3://{bucket}/acme/model-z", "revision": None, "owner": "tests",
                 "risk_tier": "medium", "registry_name": "acme/model-z",
-            }
+            },
+            mark_success_pattern="approve",
         )
-        assert dag_run.state == "success", _states(dag_run)
         assert _xcom(dag_run, "verify_published_checksums")["checked_against"] == ["SHA256SUMS"]
         manifest = _xcom(dag_run, "hash_manifest")
         assert manifest["model"]["name"] == f"{bucket}/acme/model-z" and manifest["files"] == 2
         assert _asset_events(dag_run)[0][0] == f"airlock://models/s3/{bucket}/acme/model-z"
+        states = _states(dag_run)
+        assert dag_run.state == "failed" and states["review_gate"] == "success", states
+        assert states["sign_model"] == "failed" and states["promote"] == "upstream_failed"
+        assert not (tmp_path / "registry" / "models").exists()
     finally:
         for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
             client.delete_object(Bucket=bucket, Key=obj["Key"])

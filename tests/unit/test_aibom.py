@@ -291,7 +291,9 @@ def _promote(registry: Registry, model_dir: Path, model: str, version: str, bom_
 @pytest.fixture()
 def registry_with_parent(parent_dir: Path, tmp_path: Path) -> tuple[Registry, str]:
     """A registry holding demo/tiny-gpt2@1 with its AI-BOM; returns it and the parent's BOM sha256."""
-    registry = Registry(FilesystemStore(tmp_path / "registry"))
+    from tests.registry_contract import SIGNER, TRUST  # index checkpoints are signed
+
+    registry = Registry(FilesystemStore(tmp_path / "registry"), signer=SIGNER, trust=TRUST)
     artifacts = _artifacts(tmp_path / "parent-artifacts", "parent")
     version_url = registry.version_url("demo/tiny-gpt2", "1")
     written = write_aibom(_inputs(parent_dir, artifacts, version_url=version_url),
@@ -427,8 +429,9 @@ def test_fine_tune_then_quantize_records_every_step(
 
 def test_signed_bom_is_stored_beside_model_sig(parent_dir: Path, tmp_path: Path) -> None:
     from airlock.signing import LocalKeySigner
+    from tests.registry_contract import SIGNER, TRUST  # index checkpoints are signed
 
-    registry = Registry(FilesystemStore(tmp_path / "registry"))
+    registry = Registry(FilesystemStore(tmp_path / "registry"), signer=SIGNER, trust=TRUST)
     artifacts = _artifacts(tmp_path / "a", "x")
     written = write_aibom(_inputs(parent_dir, artifacts, version_url=registry.version_url("demo/tiny-gpt2", "1")),
                           tmp_path / "a" / "aibom.cdx.json")

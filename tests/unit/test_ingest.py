@@ -1,4 +1,4 @@
-"""The pipeline glue in airlock.ingest: registry naming, approval bookkeeping, scan gate."""
+"""The pipeline glue in airlock.ingest: registry naming, scan gate, re-ingestion (the gates: test_gates.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from airlock.ingest import (
     ScanBlocked,
     already_released,
     approval_required,
-    approver_of,
     registry_target,
     scan_quarantine,
 )
@@ -43,29 +42,6 @@ def test_registry_names_must_be_org_slash_name(name: str) -> None:
 def test_a_branch_name_is_never_a_version() -> None:
     with pytest.raises(AirlockError, match="not an immutable revision"):
         registry_target("hf", "demo/x", "main", None)
-
-
-def test_approver_is_the_ui_user_or_the_policy() -> None:
-    approval = {"chosen_options": ["Approve"], "responded_by_user": {"id": "42", "name": "alice"}}
-    assert approver_of(approval, "high", {}) == "alice (42)"
-    assert approver_of(None, "low", {"requires_approval": False}) == "policy:low:no-approval-required"
-
-
-@pytest.mark.parametrize(("tier", "scan"), [("high", {}), ("medium", {"requires_approval": True})])
-def test_a_required_approval_cannot_be_skipped_by_hand(tier: str, scan: dict) -> None:
-    """An approve task marked skipped/success in the UI leaves no named approval: refused."""
-    with pytest.raises(AirlockError, match="requires a human approval"):
-        approver_of(None, tier, scan)
-
-
-@pytest.mark.parametrize(
-    "approval",
-    [{"chosen_options": ["Reject"], "responded_by_user": {"id": "a", "name": "a"}},
-     {"chosen_options": ["Approve"], "responded_by_user": {}}],
-)
-def test_anything_but_a_named_approval_is_refused(approval: dict) -> None:
-    with pytest.raises(AirlockError):
-        approver_of(approval, "high", {})
 
 
 def test_approval_follows_the_tier_or_a_flagged_finding() -> None:
