@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
-EXPECTED_DAG_IDS = {"model_ingest"}
+EXPECTED_DAG_IDS = {"model_ingest", "model_fingerprint_nightly", "model_integrity_watch", "model_incident"}
 HEAVY_MODULES = ("torch", "transformers", "lm_eval", "great_expectations")
 
 
