@@ -22,10 +22,12 @@ help:
 	@echo "make bench       DAG parse time, hashing, scanning and verification benchmarks"
 	@echo "make lock        re-resolve requirements.in into requirements.txt"
 
-# Debian packages the stack and tests need (git-lfs for the demo hub's LFS repos).
+# Debian packages the stack and tests need (git-lfs for the demo hub's LFS repos; chromium for the browser
+# tests in tests/e2e, driven by playwright with executable_path=/usr/bin/chromium).
 system-deps:
 	@missing=""; command -v git >/dev/null || missing="$$missing git"; \
 	command -v git-lfs >/dev/null || missing="$$missing git-lfs"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
