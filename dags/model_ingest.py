@@ -25,6 +25,11 @@ limits, whether a drop must carry a vendor manifest, scan strictness and approva
 6. `scan_model` scans every file by content at the tier's policy; a block (or
    "could not scan") fails the run here, with every finding in the task log and
    the ScanReport in quarantine.
+6b. `evaluate` (queue `gpu`) runs the tier's offline lm-eval suite on the
+   quarantined copy the scan allowed (no remote code, nothing from a hub): below
+   a bound blocks, a drop against the latest approved version needs approval.
+   `fingerprint_baseline` (queue `gpu`) records the behavioural baseline and its
+   calibration that `model_fingerprint_nightly` compares with.
 7. `review_gate` sends the run to `approve` (human approval in the Airflow UI:
    Required Actions) when the tier requires it, the scan flagged something, the
    registry name differs from the source's own, the run claims a derivation, or
@@ -73,6 +78,8 @@ def _verdicts_fail_fast():
     from airlock.aibom import AibomError
     from airlock.approval import ApprovalRefused
     from airlock.errors import ConfigurationError, DownloadError, IntegrityError, ManifestError, QuarantineError
+    from airlock.evaluate.stage import EvaluationBlocked, EvalReportInvalid
+    from airlock.fingerprint.model import FingerprintError
     from airlock.ingest import GateRefused, RegistryConflict, ScanBlocked
     from airlock.registry.base import RegistryIndexError, SourceChangedError, StoredObjectError, VersionConflictError
     from airlock.vault import VaultKeyNotFoundError, VaultPermissionDeniedError
@@ -86,7 +93,8 @@ def _verdicts_fail_fast():
     except (
         IntegrityError, QuarantineError, ManifestError, ConfigurationError, ScanBlocked, RegistryConflict,
         GateRefused, ApprovalRefused, AibomError, VersionConflictError, RegistryIndexError, StoredObjectError,
-        SourceChangedError, VaultPermissionDeniedError, VaultKeyNotFoundError,
+        SourceChangedError, VaultPermissionDeniedError, VaultKeyNotFoundError, EvaluationBlocked, EvalReportInvalid,
+        FingerprintError,
     ) as exc:
         raise AirflowFailException(f"refused: {exc}") from None
 
@@ -333,6 +341,31 @@ def model_ingest():
         with _verdicts_fail_fast():
             return scan_quarantine(run_area(load_settings().quarantine_root, run_id), params["risk_tier"], log.info)
 
+    @task(task_id="evaluate", queue="gpu", execution_timeout=timedelta(hours=4))
+    def evaluate(params: dict | None = None, run_id: str | None = None) -> dict:
+        """The tier's lm-eval suite on the quarantined copy (after the scan allowed it; no remote code, offline)."""
+        import logging
+
+        from airlock.config import load_settings
+        from airlock.ingest import evaluate_run
+
+        assert params is not None and run_id is not None
+        with _verdicts_fail_fast():
+            return evaluate_run(load_settings(), run_id, params, _registry(),
+                                logging.getLogger("airlock.model_ingest").info)
+
+    @task(task_id="fingerprint_baseline", queue="gpu", execution_timeout=timedelta(hours=2))
+    def fingerprint_baseline(params: dict | None = None, run_id: str | None = None) -> dict:
+        """The behavioural baseline (calibrated in this worker's runtime class) the nightly check compares with."""
+        import logging
+
+        from airlock.config import load_settings
+        from airlock.ingest import baseline_run
+
+        assert params is not None and run_id is not None
+        with _verdicts_fail_fast():
+            return baseline_run(load_settings(), run_id, params, logging.getLogger("airlock.model_ingest").info)
+
     @task.branch(task_id="review_gate")
     def review_gate(params: dict | None = None, run_id: str | None = None) -> str:
         """Human approval when any rule asks for one (see the DAG doc); otherwise straight to signing."""
@@ -401,7 +434,7 @@ def model_ingest():
     promoted = promote()
     # No task takes another's XCom as input: the order is wired here, the evidence is in the run's records.
     chain = resolve_source() >> prepared >> download_to_quarantine() >> verify_published_checksums()
-    chain >> hash_manifest() >> scan_model() >> review_gate() >> [approve, signed]
+    chain >> hash_manifest() >> scan_model() >> evaluate() >> fingerprint_baseline() >> review_gate() >> [approve, signed]
     approve >> signed >> build_aibom() >> promoted
     # prepare_quarantine is the setup, so the teardown runs whenever the directory was created,
     # whatever fails after it.

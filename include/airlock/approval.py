@@ -360,6 +360,7 @@ class FormFacts:
     derivation: tuple[str, ...] = ()  # lines describing the claim; empty: none
     previous_version: str | None = None
     changes: tuple[FileChange, ...] = ()
+    evaluation: tuple[str, ...] = ()  # verdict, then metrics against the latest approved version; empty: none
 
 
 def render_form(facts: FormFacts) -> tuple[str, str]:
@@ -394,6 +395,9 @@ def render_form(facts: FormFacts) -> tuple[str, str]:
                   for action, rule, path, reason in facts.findings[:MAX_LISTED]]
         if len(facts.findings) > MAX_LISTED:
             lines.append(f"- and {len(facts.findings) - MAX_LISTED} more (see the scan report)")
+        lines.append("")
+    if facts.evaluation:
+        lines += ["**Evaluation (lm-eval, this tier's suite):**", ""] + [f"- {md(line)}" for line in facts.evaluation]
         lines.append("")
     if facts.derivation:
         lines += ["**Derivation claim (verified against the registry and this model's digest):**", ""]

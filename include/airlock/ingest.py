@@ -332,6 +332,7 @@ class GateFacts:
     derivation_lines: tuple[str, ...] = ()
     previous: dict[str, str] | None = None  # latest approved version's files, for the form's diff
     binding_facts: dict[str, str] = field(default_factory=dict)
+    evaluation_lines: tuple[str, ...] = ()  # metrics against the latest approved version, for the form
 
     @property
     def policy_label(self) -> str:
@@ -354,6 +355,7 @@ class GateFacts:
             model_source=record.source if record else None, derivation=self.derivation_lines,
             previous_version=record.latest_approved if record and self.previous is not None else None,
             changes=file_changes(self.previous, self.files) if self.previous is not None else (),
+            evaluation=self.evaluation_lines,
         )
 
 
@@ -363,6 +365,7 @@ def gather_facts(settings: Settings, run_id: str, params: RunParams, registry, *
     ``rescan``: scan the quarantined files again and require the stored report to
     say the same (what ``sign_model`` does before anything is signed).
     """
+    from airlock.evaluate.stage import EVAL_REPORT, checked_evaluation
     from airlock.policy import policy_for
 
     source = run_source(settings.quarantine_root, run_id)
@@ -374,6 +377,8 @@ def gather_facts(settings: Settings, run_id: str, params: RunParams, registry, *
     record = model_record(registry, target.model, repository, params.owner, params.tier)
     check_model_record(record)
     scan, scan_sha256 = checked_scan(area, params.tier, rescan=rescan)
+    previous_eval = previous_evaluation(registry, target)
+    evaluation = checked_evaluation(area, params.tier, previous_eval)  # from the stored report; a block raises
     files = {f.path: f.sha256 for f in manifest.files}
     parent, derivation_lines = checked_derivation(params.derivation, manifest.root_digest, registry)
 
@@ -389,6 +394,8 @@ def gather_facts(settings: Settings, run_id: str, params: RunParams, registry, *
                        f"a human binds at the model's first release")
     if parent is not None:
         reasons.append(f"it claims to derive from {parent.model}@{parent.version}")
+    if evaluation is not None and evaluation.decision == "requires_approval":
+        reasons.append(f"evaluation: {evaluation.reason}")
     owner_review = record.other_source
     if owner_review:
         reasons.append(f"{target.model} comes from {record.source}; a version from {repository} needs the "
@@ -397,7 +404,7 @@ def gather_facts(settings: Settings, run_id: str, params: RunParams, registry, *
     binding_facts = {
         "model": target.model, "version": target.version, "source": repository, "revision": source.revision,
         "root_digest": manifest.root_digest, "scan_report_sha256": scan_sha256, "owner": params.owner,
-        "tier": params.tier,
+        "tier": params.tier, "eval_report_sha256": _sha256_or_empty(area.path / EVAL_REPORT),
         "derivation_sha256": hashlib.sha256(json.dumps(params.derivation.to_json_dict(), sort_keys=True).encode())
         .hexdigest() if params.derivation else "",
     }
@@ -412,6 +419,7 @@ def gather_facts(settings: Settings, run_id: str, params: RunParams, registry, *
         root_digest=manifest.root_digest, files=files, total_bytes=manifest.total_size, scan=scan,
         scan_report_sha256=scan_sha256, record=record, need=need, parent=parent, derivation_lines=derivation_lines,
         previous=previous, binding_facts=binding_facts,
+        evaluation_lines=evaluation_lines(area, evaluation, previous_eval),
     )
 
 
@@ -479,6 +487,61 @@ def checked_derivation(
         lines.append(f"step {number}: {what} with {step.tool} {step.tool_version}"
                      + (f", run by {step.run_by}" if step.run_by else ""))
     return parent, tuple(lines)
+
+
+# --------------------------------------------------------------------------- evaluation and fingerprint
+
+
+def previous_evaluation(registry, target: RegistryTarget):
+    """The EvalReport of the model's latest approved version (another version than ``target``), or None."""
+    from airlock.evaluate.stage import latest_approved_eval_report
+    from airlock.registry.base import ModelName
+
+    return latest_approved_eval_report(registry, str(ModelName.parse(target.model)), exclude_version=target.version)
+
+
+def evaluation_lines(area: QuarantineArea, verdict, previous) -> tuple[str, ...]:
+    """``task/metric: value`` per metric for the form, with the latest approved version's value beside it."""
+    from airlock.evaluate.stage import EVAL_REPORT, read_eval_report
+
+    path = area.path / EVAL_REPORT
+    if verdict is None or not path.is_file():
+        return ()
+    metrics = read_eval_report(path.read_bytes(), str(path)).summary()
+    before = previous.summary() if previous is not None else {}
+    lines = [f"{verdict.decision}: {verdict.reason}"]
+    for name, value in sorted(metrics.items()):
+        lines.append(f"{name} = {value:.4g}" + (f" (latest approved: {before[name]:.4g})" if name in before else ""))
+    return tuple(lines)
+
+
+def _sha256_or_empty(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return ""
+
+
+def evaluate_run(settings: Settings, run_id: str, params: Mapping[str, Any], registry,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """``evaluate``: the tier's lm-eval suite on the quarantined copy (once the scan allowed it), judged against
+    the latest approved version's report; writes ``reports/eval.json``. A block raises EvaluationBlocked."""
+    from airlock.evaluate.stage import evaluate_quarantine
+
+    run = RunParams.from_params(params)
+    source = run_source(settings.quarantine_root, run_id)
+    target = registry_target(source.kind, source.model_name, source.revision, run.registry_name)
+    return evaluate_quarantine(run_area(settings.quarantine_root, run_id), run.tier,
+                               previous_evaluation(registry, target), log=log)
+
+
+def baseline_run(settings: Settings, run_id: str, params: Mapping[str, Any],
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """``fingerprint_baseline``: the behavioural baseline and its calibration in this worker's runtime class."""
+    from airlock.fingerprint.stage import baseline_quarantine
+
+    return baseline_quarantine(run_area(settings.quarantine_root, run_id), RunParams.from_params(params).tier,
+                               log=log)
 
 
 # --------------------------------------------------------------------------- approval
@@ -678,6 +741,8 @@ def build_quarantine_aibom(
 ) -> dict[str, Any]:
     """Write and strictly validate ``aibom.cdx.json``, then sign it into ``aibom.sig``; the scan report is required."""
     from airlock.aibom import AibomError, AibomInputs, ArtifactRef, StageRecord, sign_aibom, write_aibom
+    from airlock.evaluate import stage as evaluation
+    from airlock.fingerprint import stage as fingerprint
     from airlock.signing import write_bundle
 
     if derivation is not None and parent is None:
@@ -686,7 +751,12 @@ def build_quarantine_aibom(
     if not (area.path / SCAN_REPORT).is_file():
         raise ScanBlocked(f"no scan report in quarantine ({area.path / SCAN_REPORT}): no BOM without one")
     artifacts = [ArtifactRef.from_file("signature", area.path / SIGNATURE),
-                 ArtifactRef.from_file("scan-report", area.path / SCAN_REPORT, key=SCAN_REPORT)]
+                 ArtifactRef.from_file("scan-report", area.path / SCAN_REPORT, key=SCAN_REPORT),
+                 *evaluation.artifacts(area), *fingerprint.artifacts(area)]
+    evaluated = evaluation.evaluation_stage_record(area, run_id)
+    if evaluated is not None:  # in the order the stages ran: right after the scan
+        after_scan = next((i + 1 for i, stage in enumerate(stages) if stage.get("stage") == "scan"), len(stages))
+        stages = [*stages[:after_scan], evaluated, *stages[after_scan:]]
     inputs = AibomInputs.from_manifest(
         manifest,
         model=target.model,
@@ -699,6 +769,7 @@ def build_quarantine_aibom(
         run_id=run_id,
         derivation=derivation,
         parent=parent,
+        eval_results=evaluation.eval_results(area),
     )
     written = write_aibom(inputs, area.path / AIBOM)
     # Sign the bytes as stored, not a re-serialisation of the document.
@@ -769,10 +840,14 @@ def promote_quarantine(
     source: str | None = None,
 ) -> dict[str, Any]:
     """Promote files, signature, BOM and reports atomically; RELEASED is written last by the registry."""
+    from airlock.evaluate import stage as evaluation
+    from airlock.fingerprint import stage as fingerprint
     from airlock.registry.promotion import PromotionRequest
 
     manifest = load_manifest(area)
     extra = {"source": source} if source else {}  # default: the manifest's source
+    # The same reports build_quarantine_aibom binds: pull refuses any report the signed BOM does not pin.
+    reports = [area.path / SCAN_REPORT, *evaluation.report_paths(area), *fingerprint.report_paths(area)]
     result = registry.promote(
         PromotionRequest.from_manifest(
             manifest,
@@ -782,7 +857,7 @@ def promote_quarantine(
             signature=area.path / SIGNATURE,
             aibom=area.path / AIBOM,
             aibom_signature=area.path / AIBOM_SIGNATURE,
-            reports=[area.path / SCAN_REPORT],
+            reports=reports,
             owner=owner,
             risk_tier=tier,
             approver=approver,

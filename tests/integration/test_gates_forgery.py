@@ -187,10 +187,12 @@ def test_a_forged_scan_verdict_signs_nothing(clients, registry, runs) -> None:
     operator.set_xcom(DAG, run_id, "scan_model", {"verdict": "allow", "tier": "medium", "requires_approval": False,
                                                   "flagged": 0, "files": 2})
     operator.set_task_state(DAG, run_id, "scan_model", "success")
-    operator.clear_tasks(DAG, run_id, ["review_gate"], downstream=True)
+    operator.clear_tasks(DAG, run_id, ["evaluate"], downstream=True)  # everything after scan_model runs again
     assert _wait_end(operator, run_id)["state"] == "failed"
     states = _states(operator, run_id)
-    refused_at = next(t for t in ("review_gate", "sign_model") if states[t] == "failed")
+    # The first task that loads or relies on the files re-reads the stored report (evaluate, before any load).
+    refused_at = next(t for t in ("evaluate", "fingerprint_baseline", "review_gate", "sign_model")
+                      if states[t] == "failed")
     log = _log(operator, run_id, refused_at)
     assert "scan verdict block" in log and "pytorch_model.bin" in log
     assert states["promote"] in {"upstream_failed", "skipped"}

@@ -96,7 +96,8 @@ def test_dag_test_pins_the_demo_model_to_its_commit(model_ingest, hub_commit: st
 
 INGEST_TASKS = [
     "resolve_source", "prepare_quarantine", "download_to_quarantine", "verify_published_checksums",
-    "hash_manifest", "scan_model", "review_gate", "sign_model", "build_aibom", "promote", "remove_quarantine",
+    "hash_manifest", "scan_model", "evaluate", "fingerprint_baseline", "review_gate", "sign_model", "build_aibom",
+    "promote", "remove_quarantine",
 ]
 
 
@@ -174,6 +175,13 @@ def _assert_promoted_copy_verifies(registry_root: Path, model: str, version: str
     stored = {f.relative_to(version_dir / "files").as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
               for f in (version_dir / "files").rglob("*") if f.is_file()}
     assert bom_files == stored
+    # Evaluation and the behavioural baseline are stored with the version, bound by the signed BOM.
+    reports = {p.name for p in (version_dir / "reports").iterdir()}
+    assert {"scan.json", "eval.json", "fingerprint-baseline.json", "fingerprint-calibration.json"} <= reports
+    metrics = component["modelCard"]["quantitativeAnalysis"]["performanceMetrics"]
+    assert ("acc", "airlock_mc") in {(m["type"], m.get("slice")) for m in metrics}, metrics
+    tasks = [t["name"] for w in bom["formulation"][0]["workflows"] for t in w["tasks"]]
+    assert tasks.index("scan") < tasks.index("evaluate") < tasks.index("sign"), tasks
 
     # A serving host's pull verifies the same copy again and yields a read-only, exact replica.
     from airlock.pull import pull

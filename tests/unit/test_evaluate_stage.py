@@ -156,6 +156,26 @@ def test_a_model_lm_eval_cannot_load_is_skipped_only_where_the_tier_sets_no_boun
         checked_evaluation(critical, "critical")
 
 
+@pytest.mark.parametrize(("config", "reason"), [
+    (None, "no config.json"),
+    (b"{not json", "not readable JSON"),
+    (b"{}", "no model_type"),  # AutoConfig would guess from the directory name ("files"): it cannot load it
+    (b'{"model_type": "gpt2", "auto_map": {"AutoModel": "modeling_x.X"}}', "never runs"),
+    (b'{"model_type": "gpt2"}', None),
+])
+def test_what_transformers_cannot_load_is_not_evaluated(tmp_path: Path, config: bytes | None,
+                                                         reason: str | None) -> None:
+    from airlock.evaluate.stage import not_applicable
+    from airlock.quarantine import QuarantineArea
+
+    area = QuarantineArea.for_run(tmp_path, "model_ingest", "r", "hf://acme/x")
+    area.create()
+    if config is not None:
+        (area.files_dir / "config.json").write_bytes(config)
+    why = not_applicable(area)
+    assert (why is None) if reason is None else (reason in why)
+
+
 def test_the_previous_report_is_the_latest_approved_versions_checked_against_its_plan(
         evaluated, tmp_path: Path, monkeypatch) -> None:
     from airlock.registry import open_registry

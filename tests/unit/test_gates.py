@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from airlock.aibom import AibomError, DerivationRecord
-from airlock.approval import ApprovalRefused, HitlRecord, HitlUser, binding_line
+from airlock.approval import ApprovalRefused, HitlRecord, HitlUser, binding_line, md
 from airlock.config import load_settings
 from airlock.ingest import (
     APPROVAL_RECORD,
@@ -46,7 +46,9 @@ from airlock.sources import PublishedFile, ResolvedSource
 from tests.signing_fixtures import trust_store_for
 
 SAFETENSORS = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
-CLEAN = {"config.json": b'{"model_type": "gpt2"}', "model.safetensors": SAFETENSORS}
+# No config.json: not a model lm-eval can load, so no evaluation report is needed below tier critical (the
+# evaluation gate itself is exercised below with a stand-in verdict, and end to end in test_evaluate_stage.py).
+CLEAN = {"model.safetensors": SAFETENSORS}
 # GLOBAL os.system + REDUCE: never executed, only scanned.
 EVIL = {"config.json": b"{}", "pytorch_model.bin": b"cos\nsystem\n(S'touch /tmp/airlock-x'\ntR."}
 REMOTE_CODE = {**CLEAN, "modeling_x.py": b"print('custom code')\n"}
@@ -207,6 +209,44 @@ def test_the_source_is_pinned_once_per_run(env) -> None:
     for _ in range(2):
         record_source(env.settings.quarantine_root, "r", lambda: calls.append(1) or resolved)
     assert calls == [1]
+
+
+# --------------------------------------------------------------------------- evaluation verdicts
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    decision: str
+    reason: str
+
+
+def test_an_evaluation_drop_requires_a_human_approval(env, monkeypatch) -> None:
+    import airlock.evaluate.stage as evaluation
+
+    conf = env.run("r1", tier="medium")
+    assert review_run(env.settings, "r1", conf, env.registry) is False
+    monkeypatch.setattr(evaluation, "checked_evaluation", lambda *_a: _Verdict(
+        "requires_approval", "airlock_mc/acc dropped 0.2 below the latest approved version (margin 0.05)"))
+    assert review_run(env.settings, "r1", conf, env.registry) is True
+    assert md("evaluation: airlock_mc/acc dropped 0.2") in env.form("r1", conf).body  # among the reasons, escaped
+    with pytest.raises(ApprovalRefused, match="Airflow holds none"):
+        env.sign("r1", conf, Records(), signer=NeverSign())
+    assert env.nothing_released()
+
+
+def test_an_evaluation_block_is_re_derived_at_signing(env, monkeypatch) -> None:
+    import airlock.evaluate.stage as evaluation
+    from airlock.evaluate.stage import EvaluationBlocked
+
+    conf = env.run("r1", tier="medium")
+
+    def blocked(*_args):
+        raise EvaluationBlocked("evaluation blocks at tier medium: airlock_mc/acc 0.41 below 0.6")
+
+    monkeypatch.setattr(evaluation, "checked_evaluation", blocked)
+    with pytest.raises(EvaluationBlocked, match="below 0.6"):
+        env.sign("r1", conf, None, signer=NeverSign())
+    assert env.nothing_released()
 
 
 # --------------------------------------------------------------------------- approval from Airflow's records

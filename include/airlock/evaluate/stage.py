@@ -80,9 +80,24 @@ def _previous(previous_report: EvalReport | Path | str | None) -> EvalReport | N
 
 
 def not_applicable(area: QuarantineArea) -> str | None:
-    """Why the model in ``area`` cannot be evaluated with lm-eval (not a transformers directory), or None."""
-    if not (area.files_dir / "config.json").is_file():
+    """Why the model in ``area`` is not one transformers can load (so neither lm-eval nor a fingerprint), or None.
+
+    As ``AutoConfig`` decides: it needs ``config.json`` with a ``model_type`` (without one it would guess from the
+    directory's name, and a quarantine directory is called ``files``). A ``model_type`` transformers does not know
+    is not "not applicable": the model claims to be one, and its evaluation fails instead. A model that declares
+    its own code (``auto_map``) cannot be loaded without running that code, which Airlock never does.
+    """
+    path = area.files_dir / "config.json"
+    try:
+        config = json.loads(path.read_bytes())
+    except FileNotFoundError:
         return f"{area.files_dir}: no config.json (not a transformers model)"
+    except (OSError, ValueError):
+        return f"{path}: not readable JSON (not a transformers model)"
+    if not (isinstance(config, dict) and isinstance(config.get("model_type"), str) and config["model_type"]):
+        return f"{path}: no model_type (not a transformers model)"
+    if "auto_map" in config:  # loading it would run the repository's own code: trust_remote_code stays False
+        return f"{path}: declares its own modelling code (auto_map), which Airlock never runs"
     return None
 
 

@@ -146,13 +146,14 @@ def baseline_quarantine(
     """Calibrate the quarantined model's fingerprint in this runtime class and write the baseline reports.
 
     Returns a small summary for XCom (paths, sha256 of each report, floor, threshold, runtime class).
-    A directory that is not a transformers model (no ``config.json``) gets no baseline: the summary says
-    ``skipped`` and the nightly check will list the version as not covered. ``samples_per_prompt`` > 0 also
-    writes sampled completions for the endpoint backend (``claims``: the ``org/name@version`` they are of).
+    A directory that is not a transformers model (no ``config.json`` with a ``model_type``) gets no baseline:
+    the summary says ``skipped`` and the nightly check will list the version as not covered.
+    ``samples_per_prompt`` > 0 also writes sampled completions for the endpoint backend (``claims``: the ``org/name@version`` they are of).
     Raises :class:`airlock.ingest.ScanBlocked` before loading anything the scan has not allowed, and
     :class:`~airlock.fingerprint.model.FingerprintError` / :class:`~airlock.fingerprint.compare.ComparisonRefused`
     when the model cannot be loaded or its calibration runs disagree on token ids.
     """
+    from airlock.evaluate.stage import not_applicable
     from airlock.fingerprint.model import calibrate
     from airlock.fingerprint.prompts import load_prompt_set
     from airlock.ingest import record_stage
@@ -163,8 +164,9 @@ def baseline_quarantine(
     baseline_path = area.path / report_key("baseline", variant)
     calibration_path = area.path / report_key("calibration", variant)
     samples_path = area.path / report_key("samples", variant)
-    if not (area.files_dir / "config.json").is_file():
-        reason = f"{area.files_dir}: no config.json (not a transformers model): no behavioural baseline"
+    unloadable = not_applicable(area)
+    if unloadable is not None:
+        reason = f"{unloadable}: no behavioural baseline"
         log(reason)
         summary = {"skipped": reason, "started_at": started, "ended_at": _now()}
         record_stage(area, STAGE, summary)
