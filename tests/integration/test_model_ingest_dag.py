@@ -325,7 +325,7 @@ def test_a_derived_model_bom_points_at_its_parent_in_the_registry() -> None:
     assert properties["airlock:registry:version"] == parent.version
     assert properties["airlock:registry:model"] == "demo/tiny-gpt2"
     tasks = {w["bom-ref"].rsplit(":", 1)[-1]: [t["name"] for t in w["tasks"]] for w in bom["formulation"][0]["workflows"]}
-    assert tasks == {"ingest": ["download", "scan", "review", "sign", "promote"],
+    assert tasks == {"ingest": ["download", "scan", "evaluate", "review", "sign", "promote"],
                      "derivation": ["conversion: dtype-cast"]}
 
 
