@@ -34,7 +34,7 @@ EXIT_INTERRUPTED = 130
 
 # Verb modules under airlock.commands, in the order `airlock --help` lists them.
 VERBS = ("resolve", "scan", "hash", "sign", "verify", "pull", "keys", "registry", "evaluate", "fingerprint",
-         "watch")
+         "watch", "proxy")
 
 
 class _Parser(argparse.ArgumentParser):
