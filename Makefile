@@ -18,6 +18,7 @@ help:
 	@echo "make test-fast   unit + DAG tests only (no services, no slow cases)"
 	@echo "make install     create .venv with the pinned set and the project (editable)"
 	@echo "make stack-up | stack-down | stack-status"
+	@echo "make stack-up AIRLOCK_EXECUTOR=celery   Airflow on Celery (Postgres, Redis, a default + a gpu worker) on :8081"
 	@echo "make lint        unused imports, undefined names, syntax errors (ruff)"
 	@echo "make bench       DAG parse time, hashing, scanning and verification benchmarks"
 	@echo "make lock        re-resolve requirements.in into requirements.txt"
@@ -52,7 +53,7 @@ $(DOCS_ASSETS_STAMP): scripts/vendor_docs_assets.py include/airlock/fingerprint/
 install: system-deps $(INSTALL_STAMP) $(DOCS_ASSETS_STAMP)
 
 stack-up: install
-	$(STACK) up
+	$(STACK) up $(if $(filter celery,$(AIRLOCK_EXECUTOR)),--celery)
 
 stack-down:
 	@if [ -x $(PY) ]; then $(STACK) down; fi

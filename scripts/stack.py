@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
 """Start, stop and inspect Airlock's local stack: real servers on loopback.
 
-    python scripts/stack.py up [--only vault,s3,hub,airflow]
-    python scripts/stack.py down
+    python scripts/stack.py up [--only vault,s3,hub,airflow] [--celery]
+    python scripts/stack.py down [--drop-celery-db]
     python scripts/stack.py status
+
+``--celery``: "airflow" is Airflow on the CeleryExecutor instead -- api-server, scheduler, dag-processor,
+triggerer on a PostgreSQL database of its own (AIRLOCK_CELERY_DB, created here; server AIRLOCK_POSTGRES_URL),
+Redis database AIRLOCK_CELERY_REDIS_DB as the broker (AIRLOCK_REDIS_URL), PostgreSQL as the result backend, and two
+Celery workers (queue "default", queue "gpu") -- on AIRLOCK_CELERY_AIRFLOW_URL (default http://127.0.0.1:8081),
+beside a standalone Airflow; its state lives in AIRLOCK_CELERY_STATE_DIR (default <state>/celery, with its own
+``env`` file). ``down`` stops it too.
 
 Services (each address moves with one environment variable):
 
@@ -175,7 +182,7 @@ def running_pid(state: State, name: str) -> int | None:
     return pid
 
 
-def spawn(state: State, name: str, argv: list[str], env: dict[str, str], marker: str) -> int:
+def spawn(state: State, name: str, argv: list[str], env: dict[str, str], marker: str, cwd: Path = REPO) -> int:
     logfile = state.logfile(name)
     with logfile.open("ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}\n".encode())
@@ -183,7 +190,7 @@ def spawn(state: State, name: str, argv: list[str], env: dict[str, str], marker:
         process = subprocess.Popen(
             argv,
             env=env,
-            cwd=REPO,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -503,6 +510,56 @@ def hub_healthy() -> bool:
     return http_ok(f"{HUB.url}/api/models/demo/tiny-gpt2/revision/main")
 
 
+# --------------------------------------------------------------------------- model proxy (airlock proxy serve)
+
+PROXY_DEMO_CONSUMER = "demo"
+# The local stack's proxy policy: `main` of the demo model is its newest approved version (docs/proxy.md).
+PROXY_CONFIG = """# Written by scripts/stack.py: the local stack's model proxy policy (docs/proxy.md).
+[proxy]
+name = "stack-proxy"
+
+[models."demo/tiny-gpt2"]
+main = "latest"
+"""
+
+
+def proxy_address() -> ServiceAddress:
+    return ServiceAddress("proxy", "AIRLOCK_PROXY_ADDR", "http://127.0.0.1:8300")
+
+
+def start_proxy(state: State, stack_env: dict[str, str]) -> None:
+    """The model proxy over the stack's registry, with one consumer ("demo") whose token is a stack secret."""
+    address = proxy_address()
+    if running_pid(state, "proxy") and proxy_healthy():
+        log(f"proxy already running at {address.url}")
+        return
+    if not Path(stack_env["AIRLOCK_TRUST_STORE"]).is_file():
+        log("proxy not started: no host trust store yet (it is exported when vault starts)")
+        return
+    ensure_port_free(address)
+    airlock = str(VENV_BIN / "airlock")
+    tokens = state.secret("proxy-tokens.json")
+    token_file = state.secret(f"proxy-token-{PROXY_DEMO_CONSUMER}")
+    if not token_file.exists():  # (re)issue: the file holds only token hashes, so a lost token cannot be recovered
+        if tokens.exists():
+            subprocess.run([airlock, "proxy", "token", "remove", PROXY_DEMO_CONSUMER, "--tokens", str(tokens)],
+                           cwd=REPO, capture_output=True)
+        token = run_checked([airlock, "proxy", "token", "add", PROXY_DEMO_CONSUMER, "--tokens", str(tokens)],
+                            what="issuing the proxy's demo token").strip()
+        write_secret(token_file, token)
+    config = state.root / "proxy.toml"
+    config.write_text(PROXY_CONFIG)
+    argv = [airlock, "proxy", "serve", "--listen", f"{address.host}:{address.port}", "--tokens", str(tokens),
+            "--config", str(config)]
+    pid = spawn(state, "proxy", argv, {**os.environ, **stack_env}, marker="proxy serve")
+    wait_until(state, "proxy", pid, proxy_healthy, 60, f"GET {address.url}/healthz")
+    log(f"model proxy up at {address.url} (HF_ENDPOINT; consumer {PROXY_DEMO_CONSUMER!r}, token in {token_file})")
+
+
+def proxy_healthy() -> bool:
+    return http_ok(f"{proxy_address().url}/healthz")
+
+
 # --------------------------------------------------------------------------- airflow
 
 
@@ -513,12 +570,14 @@ def airflow_admin_password() -> str:
 # Local Airflow users (simple auth manager roles). "operator" triggers and operates runs (role user: it can
 # also edit XCom and task states, which is why no gate trusts them); the reviewers answer approval forms;
 # "airlock-gate" is the read-only user tasks read Airflow's own records with (HITL answers, who triggered
-# a run) through the `airlock_airflow` connection.
+# a run) through the `airlock_airflow` connection. "airlock-notes" writes a blocked run's reason into its note
+# (role user: the least role that may edit a run; it is used for nothing else).
 AIRFLOW_OPERATOR_USER = "operator"
 AIRFLOW_REVIEWERS = ("reviewer", "reviewer2")
 AIRFLOW_GATE_USER = "airlock-gate"
+AIRFLOW_NOTES_USER = "airlock-notes"
 AIRFLOW_USERS = {AIRFLOW_ADMIN_USER: "admin", AIRFLOW_OPERATOR_USER: "user",
-                 **dict.fromkeys(AIRFLOW_REVIEWERS, "user"), AIRFLOW_GATE_USER: "viewer"}
+                 **dict.fromkeys(AIRFLOW_REVIEWERS, "user"), AIRFLOW_GATE_USER: "viewer", AIRFLOW_NOTES_USER: "user"}
 
 
 def airflow_passwords(state: State) -> dict[str, str]:
@@ -535,8 +594,11 @@ def airflow_passwords(state: State) -> dict[str, str]:
     return passwords
 
 
-def airflow_env(state: State, stack_env: dict[str, str]) -> dict[str, str]:
-    """Environment for every Airflow process: the repo's dags/plugins and the stack's addresses."""
+def airflow_env(state: State, stack_env: dict[str, str], address: ServiceAddress = AIRFLOW) -> dict[str, str]:
+    """Environment for every Airflow process: the repo's dags/plugins and the stack's addresses.
+
+    ``address``: where this Airflow's API server listens (the standalone one, or the Celery mode's).
+    """
     home = state.airflow_home
     env = {**os.environ, **stack_env}
     # Least privilege: tasks sign through the `airlock_vault` connection (the pipeline's AppRole) only. A Vault
@@ -558,10 +620,10 @@ def airflow_env(state: State, stack_env: dict[str, str]) -> dict[str, str]:
         # Who may answer model_ingest's approval form (airlock.config; the DAG assigns the form to them).
         "AIRLOCK_REVIEWERS": ",".join(AIRFLOW_REVIEWERS),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(state.secret("airflow-passwords.json")),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{AIRFLOW.url}/execution/",
-        "AIRFLOW__API__HOST": AIRFLOW.host,
-        "AIRFLOW__API__PORT": str(AIRFLOW.port),
-        "AIRFLOW__API__BASE_URL": AIRFLOW.url,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{address.url}/execution/",
+        "AIRFLOW__API__HOST": address.host,
+        "AIRFLOW__API__PORT": str(address.port),
+        "AIRFLOW__API__BASE_URL": address.url,
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
             {"type": "file", "log_file_path": str(state.root / "lineage" / "openlineage.jsonl"), "append": True}
@@ -572,7 +634,9 @@ def airflow_env(state: State, stack_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def airflow_connections(state: State) -> dict[str, dict]:
+def airflow_connections(state: State, address: ServiceAddress = AIRFLOW, passwords_state: State | None = None
+                        ) -> dict[str, dict]:
+    """The connections tasks use; ``address``/``passwords_state``: the Airflow whose API the gates read."""
     approle = json.loads(state.secret("vault-approle.json").read_text())
     return {
         "airlock_vault": {
@@ -600,12 +664,21 @@ def airflow_connections(state: State) -> dict[str, dict]:
         },
         "airlock_airflow": {
             "conn_type": "http",
-            "host": AIRFLOW.host,
-            "port": AIRFLOW.port,
+            "host": address.host,
+            "port": address.port,
             "schema": "http",
             "login": AIRFLOW_GATE_USER,
-            "password": airflow_passwords(state)[AIRFLOW_GATE_USER],
+            "password": airflow_passwords(passwords_state or state)[AIRFLOW_GATE_USER],
             "description": "Airflow's REST API as a read-only user: the gates read HITL answers and run records",
+        },
+        "airlock_airflow_notes": {
+            "conn_type": "http",
+            "host": address.host,
+            "port": address.port,
+            "schema": "http",
+            "login": AIRFLOW_NOTES_USER,
+            "password": airflow_passwords(passwords_state or state)[AIRFLOW_NOTES_USER],
+            "description": "Airflow's REST API as the run-note writer: a blocked run's reason goes in its note",
         },
     }
 
@@ -672,6 +745,394 @@ def airflow_healthy() -> bool:
     return http_ok(f"{AIRFLOW.url}/api/v2/monitor/health", all_healthy)
 
 
+# --------------------------------------------------------------------------- airflow on Celery (`up --celery`)
+#
+# The production shape of docker-compose.yaml on loopback, beside the standalone Airflow: api-server, scheduler,
+# dag-processor and triggerer on a PostgreSQL database of their own (created here), Redis (a db number of its own)
+# as the Celery broker, PostgreSQL as the result backend, and two Celery workers -- one on the default queue, one
+# consuming only `gpu` -- each its own process group, with its own host name (its own UTS namespace where the
+# kernel lets us, like a container), its own AIRFLOW_HOME and working directory. What they share is what
+# production's workers share: the quarantine volume, the registry, the task-log volume, and the connections
+# (served by the API server from the metadata database, never from a worker's environment).
+
+CELERY_AIRFLOW = ServiceAddress("airflow-celery", "AIRLOCK_CELERY_AIRFLOW_URL", "http://127.0.0.1:8081")
+
+
+@dataclass(frozen=True)
+class ResolvedAddress(ServiceAddress):
+    """An address read from the environment once: a running stack keeps the port it was started on."""
+
+    resolved: str = ""
+
+    @property
+    def url(self) -> str:
+        return self.resolved
+
+    @classmethod
+    def of(cls, address: ServiceAddress) -> ResolvedAddress:
+        return cls(address.name, address.variable, address.default, resolved=address.url)
+POSTGRES_ADMIN_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL_DEFAULT = "redis://127.0.0.1:6379"
+CELERY_REDIS_DB_DEFAULT = 5
+CELERY_DATABASE_DEFAULT = "airlock_airflow_celery"
+DEFAULT_QUEUE = "default"
+GPU_QUEUE = "gpu"
+DATABASE_NAME_PATTERN = r"[a-z_][a-z0-9_]{0,62}"
+CELERY_CONTROL_PLANE = ("apiserver", "scheduler", "dag-processor", "triggerer")
+
+
+@dataclass(frozen=True)
+class CeleryWorker:
+    """One Celery worker: ``name`` names its PID file and log, ``hostname`` the host it runs as and its node."""
+
+    name: str
+    queues: tuple[str, ...]
+    concurrency: int
+    hostname: str
+
+    @property
+    def node(self) -> str:
+        return f"{self.name}@{self.hostname}"
+
+
+@dataclass(frozen=True)
+class CeleryStack:
+    """Where one Celery-mode Airflow keeps its state and which database, broker and port it uses.
+
+    ``state`` (AIRLOCK_CELERY_STATE_DIR, default <state>/celery) holds its PID files, logs, secrets, AIRFLOW_HOME
+    and the workers' directories; ``shared`` is the main stack's state (Vault AppRole, trust store, hub).
+    """
+
+    state: State
+    shared: State
+    address: ServiceAddress
+    database: str
+    postgres_admin_url: str
+    broker_url: str
+    workers: tuple[CeleryWorker, ...]
+
+    @classmethod
+    def from_env(cls, shared: State) -> CeleryStack:
+        import re
+
+        root = Path(os.environ.get("AIRLOCK_CELERY_STATE_DIR", shared.root / "celery")).expanduser().resolve()
+        for sub in ("run", "logs", "secrets"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "secrets").chmod(0o700)
+        database = os.environ.get("AIRLOCK_CELERY_DB", CELERY_DATABASE_DEFAULT)
+        if not re.fullmatch(DATABASE_NAME_PATTERN, database):
+            raise StackError(f"AIRLOCK_CELERY_DB={database!r}: use lower-case letters, digits and _ (at most 63)")
+        redis_db = os.environ.get("AIRLOCK_CELERY_REDIS_DB", str(CELERY_REDIS_DB_DEFAULT))
+        if not redis_db.isdigit():
+            raise StackError(f"AIRLOCK_CELERY_REDIS_DB={redis_db!r}: a Redis database number")
+        redis_url = os.environ.get("AIRLOCK_REDIS_URL", REDIS_URL_DEFAULT).rstrip("/")
+        tag = database.removeprefix("airlock_airflow_").replace("_", "-")
+        concurrency = int(os.environ.get("AIRLOCK_CELERY_CONCURRENCY", "4"))
+        return cls(
+            state=State(root),
+            shared=shared,
+            address=ResolvedAddress.of(CELERY_AIRFLOW),
+            database=database,
+            postgres_admin_url=os.environ.get("AIRLOCK_POSTGRES_URL", POSTGRES_ADMIN_URL_DEFAULT),
+            broker_url=f"{redis_url}/{redis_db}",
+            workers=(
+                CeleryWorker("worker-default", (DEFAULT_QUEUE,), concurrency, f"airlock-{tag}-cpu"),
+                # One task at a time: evaluations must not contend for one GPU's memory (as in compose).
+                CeleryWorker("worker-gpu", (GPU_QUEUE,), 1, f"airlock-{tag}-gpu"),
+            ),
+        )
+
+    def database_url(self, scheme: str = "postgresql+psycopg2") -> str:
+        parts = urlsplit(self.postgres_admin_url)
+        return parts._replace(scheme=scheme, path=f"/{self.database}").geturl()
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state.airflow_home
+
+    @property
+    def log_folder(self) -> Path:
+        """Task logs: the one volume every component shares (compose's airflow-logs), read by the API server."""
+        return self.state.airflow_home / "logs"
+
+    def worker_dir(self, worker: CeleryWorker) -> Path:
+        return self.state.root / "workers" / worker.name
+
+    def marker(self, component: str) -> str:
+        return f"airlock-celery-{self.database}-{component}"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state.env_file
+
+    def worker(self, name: str) -> CeleryWorker:
+        return next(w for w in self.workers if w.name == name)
+
+
+def postgres_connect(admin_url: str):
+    import psycopg
+
+    return psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+
+
+def ensure_database(stack: CeleryStack) -> bool:
+    """Create the stack's metadata database if it does not exist; True when it was created."""
+    from psycopg import sql
+
+    try:
+        with postgres_connect(stack.postgres_admin_url) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (stack.database,)).fetchone():
+                return False
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(stack.database)))
+            return True
+    except Exception as exc:  # noqa: BLE001 - psycopg's errors; the message names the server, not credentials
+        raise StackError(f"PostgreSQL at {redact_url(stack.postgres_admin_url)}: {type(exc).__name__}: {exc}") from None
+
+
+def drop_database(stack: CeleryStack) -> None:
+    from psycopg import sql
+
+    with postgres_connect(stack.postgres_admin_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(stack.database)))
+
+
+def flush_broker(stack: CeleryStack) -> None:
+    """Empty the stack's Redis database (queued tasks, results of worker control): only its own number."""
+    import redis
+
+    redis.Redis.from_url(stack.broker_url, socket_timeout=5).flushdb()
+
+
+def broker_reachable(stack: CeleryStack) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(stack.broker_url, socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        raise StackError(f"Redis at {redact_url(stack.broker_url)}: {type(exc).__name__}: {exc}") from None
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=f"{parts.username}:***@{parts.hostname}:{parts.port}")
+    return parts.geturl()
+
+
+def celery_keys(stack: CeleryStack) -> dict[str, str]:
+    """Fernet key, JWT secret and API secret every component of one Airflow must share (generated once)."""
+    import secrets
+
+    from cryptography.fernet import Fernet
+
+    path = stack.state.secret("airflow-keys.json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        keys = {"fernet_key": Fernet.generate_key().decode(), "jwt_secret": secrets.token_urlsafe(32),
+                "api_secret_key": secrets.token_urlsafe(32)}
+        write_secret(path, json.dumps(keys))
+        return keys
+
+
+def celery_airflow_env(stack: CeleryStack, stack_env: dict[str, str]) -> dict[str, str]:
+    """airflow_env for the Celery mode: Postgres, Redis, shared keys, one task-log folder, no env connections."""
+    env = airflow_env(stack.state, stack_env, stack.address)
+    # Connections and variables come from the metadata database through the API server, as in production; a
+    # developer's AIRFLOW_CONN_* (the tests export one for in-process runs) must not shadow them in a worker.
+    for name in [n for n in env if n.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))]:
+        env.pop(name)
+    keys = celery_keys(stack)
+    env.update({
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": stack.database_url(),
+        "AIRFLOW__CELERY__BROKER_URL": stack.broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{stack.database_url('postgresql')}",
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,
+        "AIRFLOW__CORE__FERNET_KEY": keys["fernet_key"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
+        "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(stack.log_folder),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    })
+    return env
+
+
+def celery_control_plane_argv(airflow: str) -> dict[str, list[str]]:
+    # No log servers (see airflow_components_argv): every task log is in the shared folder the API server reads.
+    return {
+        "apiserver": [airflow, "api-server"],
+        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+        "dag-processor": [airflow, "dag-processor"],
+        "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+    }
+
+
+def celery_worker_argv(airflow: str, worker: CeleryWorker) -> list[str]:
+    return [airflow, "celery", "worker", "--queues", ",".join(worker.queues), "--concurrency",
+            str(worker.concurrency), "--celery-hostname", worker.node, "--skip-serve-logs"]
+
+
+def supervised(argv: list[str], marker: str, hostname: str | None = None) -> list[str]:
+    """``argv`` under a bash that carries ``marker`` (PID checks) and stops the component when it exits.
+
+    With ``hostname``, the component runs in a UTS namespace of its own under that host name (what a container
+    gives each worker, and what Airflow records as the task instance's hostname), when unshare is permitted.
+    """
+    script = f"trap 'kill 0' EXIT\n{shlex.join(argv)} &\nwait -n\n"
+    if hostname and own_uts_namespace_available():
+        return ["unshare", "--uts", "bash", "-c", f"hostname {shlex.quote(hostname)}\n{script}", marker]
+    return ["bash", "-c", script, marker]
+
+
+def own_uts_namespace_available() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--uts", "hostname", "airlock-probe"], capture_output=True)
+    return probe.returncode == 0
+
+
+def celery_control_plane_healthy(stack: CeleryStack) -> bool:
+    def all_healthy(status: int, body: bytes) -> bool:
+        try:
+            health = json.loads(body)
+        except ValueError:
+            return False
+        return status == 200 and all((health.get(c) or {}).get("status") == "healthy"
+                                     for c in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+
+    return http_ok(f"{stack.address.url}/api/v2/monitor/health", all_healthy)
+
+
+def celery_worker_ready(stack: CeleryStack, worker: CeleryWorker, log_offset: int) -> bool:
+    """Celery logs ``<node> ready.`` once the worker consumes its queues."""
+    try:
+        with stack.state.logfile(worker.name).open("rb") as handle:
+            handle.seek(log_offset)
+            return f"{worker.node} ready.".encode() in handle.read()
+    except OSError:
+        return False
+
+
+def start_celery_worker(stack: CeleryStack, worker: CeleryWorker, env: dict[str, str], timeout: float = 180) -> int:
+    """Start one worker in a fresh working directory (also its AIRFLOW_HOME); wait until it consumes."""
+    pid = running_pid(stack.state, worker.name)
+    if pid is not None:
+        return pid
+    workdir = stack.worker_dir(worker)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, mode=0o700)
+    worker_env = {**env, "AIRFLOW_HOME": str(workdir)}
+    logfile = stack.state.logfile(worker.name)
+    offset = logfile.stat().st_size if logfile.exists() else 0
+    argv = supervised(celery_worker_argv(str(VENV_BIN / "airflow"), worker), stack.marker(worker.name),
+                      hostname=worker.hostname)
+    pid = spawn(stack.state, worker.name, argv, worker_env, marker=stack.marker(worker.name), cwd=workdir)
+    wait_until(stack.state, worker.name, pid, lambda: celery_worker_ready(stack, worker, offset), timeout,
+               f"'{worker.node} ready.' in its log")
+    log(f"celery worker {worker.node} (queues {','.join(worker.queues)}, concurrency {worker.concurrency}) up")
+    return pid
+
+
+def start_celery_component(stack: CeleryStack, component: str, env: dict[str, str]) -> int:
+    pid = running_pid(stack.state, component)
+    if pid is not None:
+        return pid
+    argv = celery_control_plane_argv(str(VENV_BIN / "airflow"))[component]
+    return spawn(stack.state, component, supervised(argv, stack.marker(component)), env,
+                 marker=stack.marker(component), cwd=stack.airflow_home)
+
+
+def start_celery_airflow(stack: CeleryStack, stack_env: dict[str, str], timeout: float = 240) -> None:
+    """Migrate the stack's database, provision connections/users/pools, start every component and both workers."""
+    if all(running_pid(stack.state, c) for c in CELERY_CONTROL_PLANE) and celery_control_plane_healthy(stack):
+        log(f"airflow (celery) already running at {stack.address.url}")
+    else:
+        ensure_port_free(stack.address)
+        broker_reachable(stack)
+        if ensure_database(stack):
+            log(f"created PostgreSQL database {stack.database}")
+        stack.airflow_home.mkdir(parents=True, exist_ok=True)
+        stack.log_folder.mkdir(parents=True, exist_ok=True)
+        write_secret(stack.state.secret("airflow-passwords.json"), json.dumps(airflow_passwords(stack.state)))
+        env = celery_airflow_env(stack, stack_env)
+        provision_airflow(stack.state, env, airflow_connections(stack.shared, stack.address, stack.state))
+        pids = {c: start_celery_component(stack, c, env) for c in CELERY_CONTROL_PLANE}
+        deadline = time.monotonic() + timeout
+        while not celery_control_plane_healthy(stack):
+            for component, pid in pids.items():
+                if process_exited(pid):
+                    raise StackError(f"{component} exited while starting; last lines of "
+                                     f"{stack.state.logfile(component)}:\n{log_tail(stack.state, component)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"airflow (celery) at {stack.address.url} not healthy within {timeout:.0f}s; logs in "
+                                 f"{stack.state.root / 'logs'}")
+            time.sleep(1)
+    env = celery_airflow_env(stack, stack_env)
+    for worker in stack.workers:
+        start_celery_worker(stack, worker, env)
+    write_celery_env_file(stack, stack_env)
+    log(f"airflow (CeleryExecutor, db {stack.database}, broker {redact_url(stack.broker_url)}) up at "
+        f"{stack.address.url} (login {AIRFLOW_ADMIN_USER} / {airflow_admin_password()}); env in {stack.env_file}")
+
+
+def provision_airflow(state: State, env: dict[str, str], connections: dict[str, dict]) -> None:
+    """Migrate the metadata DB, import the connections, create the pools the DAGs name (all idempotent)."""
+    airflow = str(VENV_BIN / "airflow")
+    log(f"migrating the Airflow metadata database ({state.root})")
+    run_checked([airflow, "db", "migrate"], env=env, what="airflow db migrate")
+    connections_file = state.secret("airflow-connections.json")
+    write_secret(connections_file, json.dumps(connections))
+    try:
+        run_checked([airflow, "connections", "import", "--overwrite", str(connections_file)], env=env,
+                    what="airflow connections import")
+    finally:
+        connections_file.unlink(missing_ok=True)
+    run_checked([airflow, "pools", "set", "integrity_watch", "2", "integrity watch: targets re-hashed at once"],
+                env=env, what="airflow pools set integrity_watch")
+
+
+def write_celery_env_file(stack: CeleryStack, stack_env: dict[str, str]) -> None:
+    """<celery state>/env: the main stack's env pointed at this Airflow (its URL, home and database)."""
+    write_env_file(stack.state, {
+        **stack_env,
+        "AIRLOCK_AIRFLOW_URL": stack.address.url,
+        "AIRLOCK_CELERY_STATE_DIR": str(stack.state.root),
+        "AIRFLOW_HOME": str(stack.airflow_home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": stack.database_url(),
+    })
+
+
+def stop_celery_airflow(stack: CeleryStack, *, drop: bool = False) -> list[str]:
+    """Stop the workers, then the control plane; ``drop``: also drop the database and empty the broker db."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def stop_all(names: list[str]) -> list[str]:  # at once: each may take its grace period to go
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            return [n for n, done in zip(names, pool.map(lambda n: stop_process_tree(stack.state, n), names)) if done]
+
+    stopped = stop_all([w.name for w in stack.workers])  # first: no worker takes a task from a stopping scheduler
+    stopped += stop_all(list(reversed(CELERY_CONTROL_PLANE)))
+    shutil.rmtree(stack.state.root / "workers", ignore_errors=True)
+    if drop:
+        drop_database(stack)
+        flush_broker(stack)
+    return stopped
+
+
+def celery_status(stack: CeleryStack) -> bool:
+    healthy_plane = celery_control_plane_healthy(stack)
+    all_up = True
+    for name in (*CELERY_CONTROL_PLANE, *(w.name for w in stack.workers)):
+        pid = running_pid(stack.state, name)
+        healthy = pid is not None and (healthy_plane if name in CELERY_CONTROL_PLANE else True)
+        all_up &= healthy
+        status = "healthy" if healthy else ("running, unhealthy" if pid else "stopped")
+        print(f"celery {name:15} {status:20} {stack.address.url}  pid={pid or '-'}  log={stack.state.logfile(name)}")
+    return all_up
+
+
+
 # --------------------------------------------------------------------------- env file
 
 
@@ -685,6 +1146,7 @@ def stack_environment(state: State) -> dict[str, str]:
         "AWS_DEFAULT_REGION": S3_REGION,
         **S3_TEST_CREDENTIALS,
         "AIRLOCK_HUB_ENDPOINT": HUB.url,
+        "AIRLOCK_PROXY_ADDR": proxy_address().url,
         "AIRLOCK_AIRFLOW_URL": AIRFLOW.url,
         "AIRLOCK_REGISTRY": os.environ.get("AIRLOCK_REGISTRY", str(state.root / "registry")),
         "AIRLOCK_QUARANTINE_ROOT": os.environ.get("AIRLOCK_QUARANTINE_ROOT", str(state.root / "quarantine")),
@@ -713,7 +1175,8 @@ def write_env_file(state: State, env: dict[str, str]) -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_up(services: list[str]) -> None:
+def cmd_up(services: list[str], celery: bool = False) -> None:
+    """``celery``: "airflow" is the Celery-mode Airflow (beside a standalone one, never instead of it)."""
     state = State.from_env()
     if "vault" in services:
         start_vault(state)
@@ -723,13 +1186,24 @@ def cmd_up(services: list[str]) -> None:
         start_hub(state)
     env = stack_environment(state)
     write_env_file(state, env)
-    if "airflow" in services:
+    if "vault" in services:  # the proxy verifies with the trust store the vault step exports
+        start_proxy(state, env)
+    if "airflow" in services and celery:
+        start_celery_airflow(CeleryStack.from_env(state), env)
+    elif "airflow" in services:
         start_airflow(state, env)
     log(f"environment written to {state.env_file}")
 
 
-def cmd_down() -> None:
+def cmd_down(drop_celery_db: bool = False) -> None:
     state = State.from_env()
+    celery = CeleryStack.from_env(state)
+    for name in stop_celery_airflow(celery, drop=drop_celery_db):
+        log(f"stopped celery {name}")
+    if drop_celery_db:
+        log(f"dropped database {celery.database} and emptied {redact_url(celery.broker_url)}")
+    if stop_process_tree(state, "proxy"):
+        log("stopped proxy")
     for name in reversed(START_ORDER):
         if stop_process_tree(state, name):
             log(f"stopped {name}")
@@ -745,6 +1219,12 @@ def cmd_status() -> int:
         all_up &= healthy
         status = "healthy" if healthy else ("running, unhealthy" if pid else "stopped")
         print(f"{name:8} {status:20} {ADDRESSES[name].url}  pid={pid or '-'}  log={state.logfile(name)}")
+    proxy_pid = running_pid(state, "proxy")
+    print(f"{'proxy':8} {('healthy' if proxy_pid and proxy_healthy() else 'stopped'):20} {proxy_address().url}  "
+          f"pid={proxy_pid or '-'}  log={state.logfile('proxy')}")
+    celery = CeleryStack.from_env(state)
+    if any(running_pid(celery.state, n) for n in (*CELERY_CONTROL_PLANE, *(w.name for w in celery.workers))):
+        all_up &= celery_status(celery)
     return 0 if all_up else 1
 
 
@@ -754,7 +1234,12 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start the stack (idempotent) and write <state>/env")
     up.add_argument("--only", default=",".join(START_ORDER),
                     help=f"comma-separated subset of {','.join(START_ORDER)}")
-    sub.add_parser("down", help="stop what `up` started")
+    up.add_argument("--celery", action="store_true",
+                    help="airflow on the CeleryExecutor (Postgres, Redis, a default and a gpu worker) on "
+                         "AIRLOCK_CELERY_AIRFLOW_URL, beside the standalone one")
+    down = sub.add_parser("down", help="stop what `up` started")
+    down.add_argument("--drop-celery-db", action="store_true",
+                      help="also drop the Celery mode's PostgreSQL database and empty its Redis database")
     sub.add_parser("status", help="show each service; exit 1 unless all are healthy")
     args = parser.parse_args(argv)
     try:
@@ -763,9 +1248,9 @@ def main(argv: list[str] | None = None) -> int:
             unknown = sorted(set(services) - set(START_ORDER))
             if unknown:
                 parser.error(f"unknown service(s): {', '.join(unknown)}")
-            cmd_up(services)
+            cmd_up(services, celery=args.celery)
         elif args.command == "down":
-            cmd_down()
+            cmd_down(drop_celery_db=args.drop_celery_db)
         else:
             return cmd_status()
     except StackError as exc:
