@@ -16,9 +16,11 @@ A tier policy decides whether a drop without a vendor manifest may proceed
 no vendor key is configured — only its digest list is used, with the same
 trust as an unsigned SHA256SUMS; the report says so.
 
-The check reuses the one hashing pass of :mod:`airlock.manifest` (sha256 and,
-for files the hub publishes by blob id, git sha1 over the same reads), and saves
-that pass so the manifest is built without reading the files again.
+The check reuses the one hashing pass taken while downloading into quarantine
+(:mod:`airlock.hashing`: sha256 and, for files the hub publishes by blob id, git
+sha1 over the same bytes), after re-statting every file against the fingerprint
+that pass recorded; it saves the pass with what each file was checked against,
+so the manifest is built without reading the files again.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airlock.errors import IntegrityError
 from airlock.manifest import (
-    SHA256_HEX,
     MODEL_SIGNING_IGNORE,
+    SHA256_HEX,
     DigestSet,
     FileDigest,
     PublishedCheck,
+    check_unchanged,
+    hash_files,
     hash_tree,
     is_ignored,
     path_sort_key,
@@ -332,8 +336,8 @@ def verify_quarantine(
     non-LFS files), so large weights cost one sha256 and nothing more.
     """
     by_blob_id = {f.path for f in resolved.files if f.git_sha1 and not f.lfs_sha256}
+    digests = _the_pass(area, by_blob_id, workers)  # a file changed since the pass: IntegrityError, a block
     try:
-        digests = hash_tree(area.files_dir, include_ignored=True, git_sha1_for=by_blob_id.__contains__, workers=workers)
         vendor = vendor_expectations(resolved, area.vendor_dir) if resolved.kind != "hf" else {}
     except IntegrityError as exc:
         report = VerificationReport(
@@ -354,6 +358,31 @@ def verify_quarantine(
     if report.verdict != "allow":
         raise IntegrityError(report.summary())
     return report
+
+
+def _the_pass(area: QuarantineArea, by_blob_id: set[str], workers: int | None) -> list[FileDigest]:
+    """The download's hashing pass, re-statted (not re-read); a hashing pass now when none was recorded.
+
+    The download hashed every byte as it wrote it and recorded each file's stat
+    fingerprint (size, mtime_ns, ctime_ns, inode, device) after making it
+    read-only. Any file that appeared, vanished or whose fingerprint moved since
+    is an :class:`IntegrityError` (:func:`check_unchanged`), so the digests
+    compared below are of the bytes on disk. Without a recorded pass (a
+    quarantine filled some other way) the files are hashed here, as before.
+    """
+    if area.digests_file.is_file():
+        recorded = DigestSet.load(area.digests_file)
+        check_unchanged(area.files_dir, recorded)
+        digests = list(recorded.files)
+        missing_sha1 = {d.path for d in digests if d.path in by_blob_id and d.git_sha1 is None}
+        if not missing_sha1:
+            return digests
+        # A pass taken without the git blob sha1 this hub vouches by (older record): hash just those files.
+        redone = {d.path: d for d in hash_files(area.files_dir, [(d.path, d.size) for d in digests
+                                                                 if d.path in missing_sha1],
+                                                git_sha1_for=lambda _path: True, workers=workers)}
+        return [redone.get(d.path, d) for d in digests]
+    return hash_tree(area.files_dir, include_ignored=True, git_sha1_for=by_blob_id.__contains__, workers=workers)
 
 
 def _save_report(report: VerificationReport, path: Path) -> None:

@@ -6,7 +6,8 @@ One directory per DAG run and model under the quarantine root::
         files/                     the model, exactly as listed (what every later stage reads)
         vendor/                    a drop's SHA256SUMS / model.sig, kept apart from the model
         .partial/                  downloads in progress (resumed by a retry, never read as the model)
-        digests.json               the verification pass (see airlock.manifest.DigestSet)
+        digests.json               the one hashing pass, taken while downloading (airlock.hashing); verification
+                                   adds what each file was checked against (see airlock.manifest.DigestSet)
         published-checksums.json   the verification report
         manifest.json              the manifest
 
@@ -20,6 +21,7 @@ Nothing the listing says can place a byte outside the quarantine directory.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -32,13 +34,15 @@ import threading
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from airlock.errors import AirlockError, DownloadError, DownloadTimeout, QuarantineError
+from airlock.errors import AirlockError, DownloadError, DownloadTimeout, ManifestError, QuarantineError
+from airlock.hashing import HashingSink
+from airlock.manifest import DigestSet, FileDigest, hash_file, path_sort_key
 
 if TYPE_CHECKING:
     from airlock.policy import TierPolicy
@@ -416,6 +420,9 @@ class DownloadResult:
     resumed: int
     already_present: int
     seconds: float
+    # The download's hashing pass: model files (also saved as the area's digests.json) and vendor manifests.
+    digests: tuple[FileDigest, ...] = ()
+    vendor_digests: tuple[FileDigest, ...] = ()
 
 
 FileOutcome = Literal["fetched", "resumed", "present"]
@@ -499,17 +506,22 @@ def _fetch_one(
     deadline: float,
     abort: threading.Event,
     attempts: int,
-) -> FileOutcome:
+) -> tuple[FileOutcome, FileDigest]:
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay, wait_exponential_jitter
 
     target = _target_path(dest_dir, file.path)
+    git_sha1 = bool(file.git_sha1 and not file.lfs_sha256)  # the hub vouches for this file by git blob id
     try:
         info = os.lstat(target)
     except FileNotFoundError:
         info = None
     if info is not None:
         if stat.S_ISREG(info.st_mode) and info.st_size == file.size:
-            return "present"  # completed by an earlier attempt; verification re-checks its bytes
+            # Completed by an earlier attempt whose pass was not recorded: hash it now (retries only).
+            try:
+                return "present", hash_file(target, file.path, git_sha1=git_sha1)
+            except ManifestError as exc:
+                raise QuarantineError(f"{file.path!r}: {exc}") from None
         raise QuarantineError(f"{file.path!r}: {target} exists but is not the listed {file.size}-byte file")
     partial = _partial_path(area, dest_dir, file.path)
     resumed = partial.exists()
@@ -525,20 +537,37 @@ def _fetch_one(
         retry=retry_if_exception(transient),
         reraise=True,
     )
-    for attempt in retrying:
-        with attempt:
-            with _open_partial(partial) as handle:
-                if handle.tell() > file.size:  # cannot be ours: start over
-                    handle.seek(0)
-                    handle.truncate()
-                sink = _BoundedSink(handle, file.size, deadline, abort, file.path)
-                fetcher.fetch(file, sink, handle.tell())
-                handle.flush()
-                if handle.tell() != file.size:
-                    raise _Incomplete(f"{file.path}: {handle.tell()} of {file.size} bytes")
+    hashing: HashingSink | None = None
+    try:
+        for attempt in retrying:
+            with attempt:
+                with _open_partial(partial) as handle:
+                    if handle.tell() > file.size:  # cannot be ours: start over
+                        handle.seek(0)
+                        handle.truncate()
+                    # The one read of these bytes: hashed as they are written (see airlock.hashing).
+                    hashing = HashingSink(handle, git_blob_size=file.size if git_sha1 else None)
+                    sink = _BoundedSink(hashing, file.size, deadline, abort, file.path)
+                    fetcher.fetch(file, sink, handle.tell())
+                    handle.flush()
+                    if handle.tell() != file.size:
+                        raise _Incomplete(f"{file.path}: {handle.tell()} of {file.size} bytes")
+    except OSError as exc:
+        # A full volume is the operator's to fix: a verdict naming the volume, not a retry into the same wall.
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise QuarantineError(f"{file.path!r}: no space left on the quarantine volume ({area.root}); "
+                                  f"the partial file is kept at {partial}") from None
+        raise
+    # Read-only before the fingerprint is taken: later stages (and the registry's link) compare against it,
+    # and a chmod moves ctime.
     os.chmod(partial, 0o444)  # quarantined bytes are read-only to every later stage
     os.replace(partial, target)
-    return "resumed" if resumed else "fetched"
+    assert hashing is not None
+    try:
+        digest = hashing.finish(target, file.path)
+    except (ManifestError, OSError) as exc:
+        raise QuarantineError(f"{file.path!r}: cannot hash the downloaded file ({exc})") from None
+    return ("resumed" if resumed else "fetched"), digest
 
 
 def download(
@@ -563,12 +592,14 @@ def download(
     check_names((f.path for f, _ in jobs), where=f"{resolved.uri}@{resolved.revision}")
     area.create()
     abort = threading.Event()
-    outcomes: dict[str, FileOutcome] = {}
+    outcomes: dict[tuple[Path, str], tuple[FileOutcome, FileDigest]] = {}
     failures: list[tuple[str, BaseException]] = []
+    # A stale pass must never stand for these files: it is written again, whole, when the download ends.
+    area.digests_file.unlink(missing_ok=True)
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="airlock-fetch")
     try:
-        futures: dict[Future[FileOutcome], PublishedFile] = {
-            pool.submit(_fetch_one, file, dest, area, fetcher, deadline, abort, attempts): file
+        futures: dict[Future[tuple[FileOutcome, FileDigest]], tuple[PublishedFile, Path]] = {
+            pool.submit(_fetch_one, file, dest, area, fetcher, deadline, abort, attempts): (file, dest)
             for file, dest in sorted(jobs, key=lambda job: job[0].size, reverse=True)
         }
         pending = set(futures)
@@ -576,16 +607,16 @@ def download(
             remaining = deadline + _DEADLINE_GRACE_S - time.monotonic()
             done, pending = wait(pending, timeout=max(0.0, remaining), return_when=FIRST_EXCEPTION)
             for future in done:
-                file = futures[future]
+                file, dest = futures[future]
                 if (error := future.exception()) is None:
-                    outcomes[file.path] = future.result()
+                    outcomes[(dest, file.path)] = future.result()
                 elif not isinstance(error, _Aborted):
                     failures.append((file.path, error))
             if failures:
                 abort.set()  # stop the others promptly; their partials stay for a resumed retry
             if pending and (failures or remaining <= 0):
                 if not failures:
-                    failures.extend((futures[f].path, DownloadTimeout("deadline passed")) for f in pending)
+                    failures.extend((futures[f][0].path, DownloadTimeout("deadline passed")) for f in pending)
                 abort.set()
                 break
     finally:
@@ -593,13 +624,22 @@ def download(
     if failures:
         raise _download_error(resolved, failures, timeout_s)
     _remove_if_empty(area.partial_dir)
+    kinds = [outcome for outcome, _digest in outcomes.values()]
+    model = tuple(sorted((d for (dest, _), (_, d) in outcomes.items() if dest == area.files_dir),
+                         key=lambda d: path_sort_key(d.path)))
+    vendor = tuple(sorted((d for (dest, _), (_, d) in outcomes.items() if dest == area.vendor_dir),
+                          key=lambda d: d.path))
+    # The pass every later stage uses instead of reading the files again (they re-stat, see check_unchanged).
+    DigestSet(files=model).save(area.digests_file)
     return DownloadResult(
         files=len(resolved.files),
         bytes=resolved.total_size,
-        fetched=sum(1 for o in outcomes.values() if o == "fetched"),
-        resumed=sum(1 for o in outcomes.values() if o == "resumed"),
-        already_present=sum(1 for o in outcomes.values() if o == "present"),
+        fetched=kinds.count("fetched"),
+        resumed=kinds.count("resumed"),
+        already_present=kinds.count("present"),
         seconds=round(time.monotonic() - started, 3),
+        digests=model,
+        vendor_digests=vendor,
     )
 
 

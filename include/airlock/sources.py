@@ -10,8 +10,15 @@ Three kinds of source:
     every fetch names the version and sends ``If-Match: <etag>``, so an object
     overwritten mid-run is refused by S3 itself.
 ``file:///abs/path[?version=sha256:...]``
-    A local drop. Pinned by hashing every file at resolution; the copy in
-    quarantine must then hash the same.
+    A local drop. ``airlock resolve`` pins it by hashing every file. The
+    pipeline pins it cheaply (``file_pin="listing"``): each file's size, mtime,
+    ctime, inode and device, with no byte read; the copy into quarantine
+    refuses any file whose fingerprint moved (at open, after the last read, and
+    at its path), hashes what it copies, and :func:`pin_content` then derives
+    the content revision (the same ``sha256:`` ``airlock resolve`` prints) from
+    that one pass, refusing a drop that is not the requested revision. ctime is
+    what makes a metadata pin exact: every write moves it and nobody but root
+    can set it back (see :func:`_settle` for the clock's granularity).
 
 A drop's revision is ``sha256:<hex>`` over its canonical listing (paths, sizes,
 version ids, ETags or digests). Passing it back (``?version=`` or the DAG's
@@ -39,6 +46,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -52,6 +60,7 @@ from airlock.redact import REDACTED, redact_url
 if TYPE_CHECKING:
     from airlock.config import Settings
     from airlock.connections import HubAccess, S3Access
+    from airlock.manifest import FileDigest
 
 RESOLVED_SOURCE_SCHEMA = "airlock.resolved-source/v1"
 
@@ -198,6 +207,11 @@ class PublishedFile(BaseModel):
     )
     lfs_sha256: str | None = Field(default=None, description="hf: sha256 of the content, published for LFS files")
     sha256: str | None = Field(default=None, description="file: sha256 of the content when the drop was pinned")
+    # file, pinned by listing: the stat fingerprint every read of the file must still find (see FileFetcher).
+    mtime_ns: int | None = Field(default=None, description="file (listing pin): st_mtime_ns")
+    ctime_ns: int | None = Field(default=None, description="file (listing pin): st_ctime_ns")
+    inode: int | None = Field(default=None, description="file (listing pin): st_ino")
+    device: int | None = Field(default=None, description="file (listing pin): st_dev")
     version_id: str | None = Field(default=None, description="s3: object version id ('null' when unversioned)")
     etag: str | None = Field(default=None, description="s3: ETag, sent as If-Match on every fetch")
 
@@ -216,6 +230,11 @@ class ResolvedSource(BaseModel):
     endpoint: str | None = Field(default=None, description="where it was resolved, credentials redacted")
     files: tuple[PublishedFile, ...]
     vendor_manifests: tuple[PublishedFile, ...] = ()
+    pinned_by: Literal["content", "listing"] = Field(
+        default="content",
+        description="listing: a file drop pinned by stat fingerprints; its revision is the listing's until the "
+                    "download pass pins the content (pin_content)",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -263,12 +282,14 @@ def _split_vendor(
     return model, vendor
 
 
-def _pin_drop(ref: SourceRef, files: list[PublishedFile], endpoint: str | None) -> ResolvedSource:
+def _pin_drop(ref: SourceRef, files: list[PublishedFile], endpoint: str | None,
+              pinned_by: Literal["content", "listing"] = "content") -> ResolvedSource:
     model, vendor = _split_vendor(files)
     if not model:
         raise SourceError(f"{ref.uri}: the drop holds no model files")
     revision = drop_revision(model, vendor)
-    if ref.requested_revision and ref.requested_revision != revision:
+    # A listing pin cannot be compared with a content revision: pin_content checks it after the download pass.
+    if ref.requested_revision and ref.requested_revision != revision and pinned_by == "content":
         raise SourceError(
             f"{ref.uri}: the drop changed since it was pinned (expected {ref.requested_revision}, found {revision})"
         )
@@ -281,6 +302,7 @@ def _pin_drop(ref: SourceRef, files: list[PublishedFile], endpoint: str | None) 
         endpoint=endpoint,
         files=model,
         vendor_manifests=vendor,
+        pinned_by=pinned_by,
     )
 
 
@@ -399,19 +421,92 @@ def _list_s3_objects(client, bucket: str, prefix: str) -> list[dict]:
 # --------------------------------------------------------------------------- file
 
 
-def resolve_file(ref: SourceRef, settings: Settings) -> ResolvedSource:
-    """Pin a local drop by hashing every file; symlinks and special files are refused, naming them."""
+FilePin = Literal["content", "listing"]
+# File timestamps come from the kernel's coarse clock (one tick: 1-10 ms). A write in the same tick as the change
+# a pin recorded would leave mtime and ctime as they were, so a listing pin is taken only of files whose last
+# change is at least this much older than the pin.
+_TIMESTAMP_SETTLE_NS = 50_000_000
+
+
+def resolve_file(ref: SourceRef, settings: Settings, *, file_pin: FilePin = "content") -> ResolvedSource:
+    """Pin a local drop; symlinks and special files are refused, naming them.
+
+    ``content`` hashes every file (``airlock resolve``); ``listing`` records
+    each file's stat fingerprint without reading it (the pipeline: the
+    download's pass derives the content revision, see :func:`pin_content`).
+    """
     from airlock.manifest import hash_files, walk_files
 
     root = Path(ref.location)
     _check_file_drop_allowed(ref, root, settings)
     try:
         listed = walk_files(root)
+        if file_pin == "listing":
+            return _pin_drop(ref, _listing_pins(root, listed), None, pinned_by="listing")
         digests = hash_files(root, listed)
     except ManifestError as exc:
         raise SourceError(f"{ref.uri}: {exc}") from None
     files = [PublishedFile(path=d.path, size=d.size, sha256=d.sha256) for d in digests]
     return _pin_drop(ref, files, None)
+
+
+def _listing_pins(root: Path, listed: list[tuple[str, int]]) -> list[PublishedFile]:
+    infos = _settle(root, [path for path, _size in listed])
+    files = []
+    for path, _size in listed:
+        info = infos[path]
+        if not stat.S_ISREG(info.st_mode):
+            raise ManifestError(f"{path}: no longer a regular file")
+        files.append(PublishedFile(path=path, size=info.st_size, mtime_ns=info.st_mtime_ns,
+                                   ctime_ns=info.st_ctime_ns, inode=info.st_ino, device=info.st_dev))
+    return files
+
+
+def _settle(root: Path, paths: list[str]) -> dict[str, os.stat_result]:
+    """Each file's lstat, taken only once its last change is older than a clock tick (waiting if needed)."""
+    import time
+
+    for _ in range(100):
+        infos = {path: os.lstat(root / path) for path in paths}
+        newest = max((max(i.st_ctime_ns, i.st_mtime_ns) for i in infos.values()), default=0)
+        wait_ns = newest + _TIMESTAMP_SETTLE_NS - time.time_ns()
+        if wait_ns <= 0:
+            return infos
+        time.sleep(wait_ns / 1e9)
+    raise ManifestError(f"{root}: files keep changing; the drop is still being written")
+
+
+def pin_content(listed: ResolvedSource, model: Iterable[FileDigest], vendor: Iterable[FileDigest] = ()) -> ResolvedSource:
+    """The content-pinned form of a listing-pinned drop, from the download's hashing pass.
+
+    Every listed file must be in the pass with its listed size (the copy
+    already refused any file whose fingerprint moved). The revision is then
+    exactly what hashing the drop at resolution would have given, and a
+    requested revision that differs is refused: the drop changed.
+    """
+    if listed.pinned_by != "listing":
+        return listed
+    digests = {d.path: d for d in model}
+    vendor_digests = {d.path: d for d in vendor}
+
+    def pinned(files: tuple[PublishedFile, ...], found: dict[str, FileDigest]) -> tuple[PublishedFile, ...]:
+        out = []
+        for file in files:
+            digest = found.get(file.path)
+            if digest is None or digest.size != file.size:
+                raise SourceError(f"{listed.uri}: {file.path!r} was not copied as listed; the drop changed")
+            out.append(PublishedFile(path=file.path, size=file.size, sha256=digest.sha256))
+        return tuple(out)
+
+    files, vendors = pinned(listed.files, digests), pinned(listed.vendor_manifests, vendor_digests)
+    if set(digests) != {f.path for f in listed.files}:
+        raise SourceError(f"{listed.uri}: the download pass does not match the listing")
+    revision = drop_revision(files, vendors)
+    if listed.requested_revision and listed.requested_revision != revision:
+        raise SourceError(f"{listed.uri}: the drop changed since it was pinned "
+                          f"(expected {listed.requested_revision}, found {revision})")
+    return listed.model_copy(update={"revision": revision, "files": files, "vendor_manifests": vendors,
+                                     "pinned_by": "content"})
 
 
 def _check_file_drop_allowed(ref: SourceRef, root: Path, settings: Settings) -> None:
@@ -444,8 +539,12 @@ def resolve_ref(
     hub: HubAccess | None = None,
     s3: S3Access | None = None,
     settings: Settings | None = None,
+    file_pin: FilePin = "content",
 ) -> ResolvedSource:
-    """Pin a parsed source; collaborators default to the environment (the CLI's path)."""
+    """Pin a parsed source; collaborators default to the environment (the CLI's path).
+
+    ``file_pin``: how a ``file://`` drop is pinned (see :func:`resolve_file`).
+    """
     from airlock.config import load_settings
     from airlock.connections import hub_access_from_env, s3_access_from_env
 
@@ -454,7 +553,7 @@ def resolve_ref(
         return resolve_hf(ref, endpoint=hub.endpoint, token=hub.token)
     if ref.scheme == "s3":
         return resolve_s3(ref, s3 or s3_access_from_env())
-    return resolve_file(ref, settings or load_settings())
+    return resolve_file(ref, settings or load_settings(), file_pin=file_pin)
 
 
 def resolve(
@@ -615,9 +714,26 @@ class FileFetcher:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size != file.size:
                 raise SourceError(f"{source}: no longer a regular file of {file.size} bytes; the drop changed")
+            self._check_pin(source, file, info, "when opened")
             handle.seek(offset)
             while chunk := handle.read(READ_CHUNK):
                 sink.write(chunk)
+            # The bytes read are the pinned file's only if nothing moved while they were read,
+            # and the path still names that file (a rename-swap leaves this descriptor on the old one).
+            self._check_pin(source, file, os.fstat(fd), "while it was copied")
+        try:
+            self._check_pin(source, file, os.lstat(source), "at its path after the copy")
+        except OSError as exc:
+            raise SourceError(f"{source}: gone after the copy ({exc.strerror}); the drop changed") from None
+
+    @staticmethod
+    def _check_pin(source: Path, file: PublishedFile, info: os.stat_result, when: str) -> None:
+        if file.mtime_ns is None:
+            return  # pinned by content: the download pass is compared with the pinned sha256 instead
+        found = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
+        if found != (file.size, file.mtime_ns, file.ctime_ns, file.inode, file.device):
+            raise SourceError(f"{source}: changed since the drop was pinned ({when}: size, mtime, ctime or inode "
+                              f"moved); refused")
 
     def is_transient(self, error: BaseException) -> bool:
         return False  # a local read that fails once will fail again

@@ -51,7 +51,9 @@ def upload_then_die(**kwargs):
     return response
 
 client.upload_part = upload_then_die
-S3Store(client, bucket, "registry", part_size=5 * 1024 * 1024).put_if_absent(key, Path(path), int(size), sha256)
+# One part in flight: the parts go up in order, so the one stored is the first (parallel parts could race).
+S3Store(client, bucket, "registry", part_size=5 * 1024 * 1024, max_parts_in_flight=1).put_if_absent(
+    key, Path(path), int(size), sha256)
 """
 
 

@@ -11,6 +11,34 @@ reader looks at; the writer holds a ``flock`` on it while it lives, so the next
 promotion of the version (and ``airlock registry check --clean``) can tell a
 dead writer's partial from a live one and remove it (:mod:`airlock.registry.leftovers`).
 
+**Promoting a quarantined file without copying it.** A model file arrives as a
+:class:`~airlock.hashing.PinnedFile`: its path in quarantine, the sha256 its one
+hashing pass (the download) took, and the stat fingerprint (size, mtime_ns,
+ctime_ns, inode, device) recorded when that pass ended, after the file was made
+read-only. When the quarantine and the registry share a filesystem, the file is
+published as it is, after checking that fingerprint on the open descriptor:
+
+1. a **reflink** (``FICLONE``: btrfs, XFS, bcachefs) gives the registry its own
+   inode sharing the extents copy-on-write; a later write through the
+   quarantine path (or any descriptor on it) cannot reach the registry copy;
+2. otherwise a **hard link** of that descriptor (``/proc/self/fd``; where that is
+   refused, of the path, and the new name must then hold the inode checked), only when the
+   file is read-only (no write bit), owned by this process's user and has no
+   other link. The registry copy then *is* the quarantine inode; why that is
+   safe: only the pipeline's user can open it for writing, and only after a
+   ``chmod`` (which moves ctime, checked right before the link) or through a
+   descriptor opened before it was made read-only. The download closes its
+   descriptors before the ``chmod``, and a write through a leftover one moves
+   mtime, which is checked again after the link (mtime can only be set back by
+   the owner, and the owner can rewrite any registry file anyway). Deleting the
+   quarantine only unlinks its name; the registry's name keeps the inode.
+3. a fingerprint that moved, another filesystem, a writable or multiply linked
+   file, or any error: **one streaming copy**, hashed as it is written and
+   compared with the plan (a difference blocks: nothing is stored).
+
+``rename`` is never used: the quarantine must stay whole until the run is torn
+down (a failed promotion is re-run from it).
+
 A registry root that exists but is not a directory is an error for every
 operation; a root that does not exist yet is an empty registry (the first
 promotion creates it), and the CLI's readers refuse it (:meth:`FilesystemStore.check_exists`).
@@ -21,6 +49,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import stat
 import time
@@ -29,6 +58,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import airlock.registry.leftovers as _policy  # module attributes: the thresholds stay adjustable (tests)
+from airlock.hashing import PinnedFile, fingerprint_matches
+from airlock.manifest import FileDigest
 from airlock.registry.base import (
     MAX_CONTROL_OBJECT_BYTES,
     PARTIAL_PREFIX,
@@ -36,14 +68,18 @@ from airlock.registry.base import (
     Source,
     SourceChangedError,
 )
-import airlock.registry.leftovers as _policy  # module attributes: the thresholds stay adjustable (tests)
 from airlock.registry.leftovers import Leftover, describe_age
 
 _CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 class FilesystemStore:
     """An :class:`~airlock.registry.base.ObjectStore` rooted at a local directory."""
+
+    # A key put_if_absent creates holds the bytes it checked against (size, sha256) before linking them in:
+    # hashed as they were written, or a pinned inode whose fingerprint held. Promotion need not re-read it.
+    confirms_own_writes = True
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).expanduser().absolute()
@@ -63,6 +99,11 @@ class FilesystemStore:
         if target.exists():  # cheap early answer; the link below is what decides
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, PinnedFile):
+            published = _publish_pinned(target, source, size, sha256)
+            if published is not None:
+                return published
+            source = source.path  # not linkable: one streaming copy, hashed as it is written
         partial = target.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex}.{target.name}")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -244,6 +285,100 @@ class FilesystemStore:
         if key.startswith("/") or "\0" in key or any(p in ("", ".", "..") for p in parts):
             raise RegistryError(f"registry key {key!r} is not a relative POSIX path inside the registry")
         return self.root.joinpath(*parts)
+
+
+_FICLONE = 0x40049409  # ioctl(dest, FICLONE, src): linux/fs.h
+
+
+def _publish_pinned(target: Path, pinned: PinnedFile, size: int, sha256: str) -> bool | None:
+    """Publish a pinned quarantine file under ``target`` without copying bytes (see the module docstring).
+
+    True: created; False: ``target`` already existed; None: not publishable this way (the caller copies, hashing).
+    """
+    digest = pinned.digest
+    if (digest.size, digest.sha256) != (size, sha256):
+        return None
+    try:
+        fd = os.open(pinned.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # the copy reports it
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not fingerprint_matches(digest, info):
+            log.warning("%s: changed since it was hashed (size, mtime, ctime or inode); hashing it again while "
+                        "copying", pinned.path)
+            return None
+        try:
+            same_filesystem = os.stat(target.parent).st_dev == info.st_dev
+        except OSError:
+            return None
+        if not same_filesystem:
+            return None
+        partial = target.with_name(f"{PARTIAL_PREFIX}{uuid.uuid4().hex}.{target.name}")
+        try:
+            linked = _reflink(fd, partial, digest) or _hard_link(fd, pinned.path, info, partial, digest)
+            if not linked:
+                return None
+            try:
+                os.link(partial, target)
+            except FileExistsError:
+                return False
+            except OSError:
+                return None
+            _fsync_dir(target.parent)
+            return True
+        finally:
+            partial.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _reflink(source_fd: int, partial: Path, digest: FileDigest) -> bool:
+    """Clone ``source_fd`` into the new hidden file ``partial`` (own inode, shared extents); False if unsupported."""
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    keep = False
+    try:
+        _try_lock(fd)  # a live writer's partial, to a cleaner (the lock goes with the descriptor)
+        try:
+            fcntl.ioctl(fd, _FICLONE, source_fd)
+        except OSError:
+            return False  # ext4, tmpfs, overlayfs...: no reflinks
+        os.fchmod(fd, 0o444)
+        os.fsync(fd)
+        # The clone is of the file as it was at the ioctl; unchanged before and after it means it is the hashed one.
+        keep = fingerprint_matches(digest, os.fstat(source_fd)) and os.fstat(fd).st_size == digest.size
+        return keep
+    finally:
+        os.close(fd)
+        if not keep:
+            partial.unlink(missing_ok=True)
+
+
+def _hard_link(fd: int, path: Path, opened: os.stat_result, partial: Path, digest: FileDigest) -> bool:
+    """Link the checked inode (by descriptor) as ``partial``; False when the file may not be shared."""
+    if opened.st_mode & 0o222 or opened.st_nlink != 1 or opened.st_uid != os.geteuid():
+        return False  # writable, linked elsewhere already, or someone else's: copy instead
+    _try_lock(fd)  # flock on the shared inode: the partial reads as a live writer's to a cleaner
+    try:
+        os.link(f"/proc/self/fd/{fd}", partial, follow_symlinks=True)
+    except OSError:
+        # No linking through /proc here (some kernels and sandboxes refuse it): link the path, then make sure
+        # the name now holds the very inode that was checked (a swapped path would be another one).
+        try:
+            os.link(path, partial, follow_symlinks=False)
+        except OSError:
+            return False
+    linked = os.lstat(partial)
+    if (linked.st_ino, linked.st_dev) != (opened.st_ino, opened.st_dev):
+        return False
+    now = os.fstat(fd)
+    # The link itself moves ctime; a write would move mtime (only the owner can set it back).
+    unchanged = (now.st_size, now.st_mtime_ns, now.st_ino, now.st_dev, now.st_nlink) == (
+        digest.size, digest.mtime_ns, digest.inode, digest.device, 2) and not now.st_mode & 0o222
+    return unchanged
 
 
 def _open_regular(path: Path):

@@ -10,8 +10,12 @@ The protocol, in order (every write is put-if-absent, nothing is ever overwritte
    stays, so a version name is never reused for other content.
 2. **Upload** every object. A key that already exists (a re-run, a concurrent
    identical promotion) is not rewritten; its stored bytes must match the plan.
-3. **Confirm** each stored object's sha256 against the plan (re-read on disk;
-   server checksum plus re-read on S3).
+3. **Confirm** each stored object's sha256 against the plan. An object this
+   promotion created was checked by the store before its key appeared (the
+   bytes hashed as they were written, or a quarantine inode linked only while
+   its recorded fingerprint held; the server's checksums on S3), so it is not
+   read again; an object that was already there (a re-run, a planted key) is
+   re-read and hashed.
 4. **RELEASED** — the commit point, written last. Readers ignore versions
    without it, so a crash anywhere before it leaves nothing visible, and
    running the same promotion again finishes the job.
@@ -30,7 +34,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +45,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from airlock.errors import ManifestError
 from airlock.fsutil import FileEntry, run_all
-from airlock.manifest import hash_file, root_digest_of_pairs
+from airlock.hashing import PinnedFile
+from airlock.manifest import FileDigest, hash_file, root_digest_of_pairs
 from airlock.policy import RiskTier, policy_for
 from airlock.registry.base import (
     PARTIAL_PREFIX,
@@ -184,6 +189,9 @@ class PromotionRequest:
     aibom_signature: Path | None = None
     actor: str = "airlock"
     source_revision: str | None = None
+    # The hashing pass of model_dir's files (path -> digest with stat fingerprint), when one was recorded: a
+    # store may then publish a file without copying it (see airlock.registry.filesystem).
+    pinned: Mapping[str, FileDigest] = field(default_factory=dict)
 
     @classmethod
     def from_manifest(cls, manifest, **kwargs) -> PromotionRequest:  # manifest: airlock.manifest.Manifest
@@ -263,7 +271,7 @@ def _load_json(path: Path, what: str) -> None:
         raise RegistryError(f"{path}: the {what} is not readable JSON ({exc})") from None
 
 
-def build_plan(request: PromotionRequest) -> tuple[PromotionPlan, dict[str, Path]]:
+def build_plan(request: PromotionRequest) -> tuple[PromotionPlan, dict[str, Path | PinnedFile]]:
     """The plan for ``request`` and, per key, the local file it comes from. Nothing is written."""
     model = ModelName.parse(request.model)
     version = check_version(request.version)
@@ -276,14 +284,18 @@ def build_plan(request: PromotionRequest) -> tuple[PromotionPlan, dict[str, Path
             raise RegistryError(f"{model}@{version}: {what} is empty")
     model_dir = Path(request.model_dir)
     objects: list[PlannedObject] = []
-    sources: dict[str, Path] = {}
+    sources: dict[str, Path | PinnedFile] = {}
     for entry in request.files:
         relative = _check_file_path(entry.path)
         check_sha256(entry.sha256, f"sha256 of {relative}")
         _check_on_disk(model_dir / relative, entry)
         key = Layout.FILES + relative
         objects.append(PlannedObject(key=key, size=entry.size, sha256=entry.sha256, role="file"))
-        sources[key] = model_dir / relative
+        pinned = request.pinned.get(entry.path)
+        if pinned is not None and (pinned.size, pinned.sha256) == (entry.size, entry.sha256):
+            sources[key] = PinnedFile(model_dir / relative, pinned)
+        else:
+            sources[key] = model_dir / relative
     artifacts: list[tuple[str, Path, Role]] = [
         (Layout.SIGNATURE, Path(request.signature), "signature"),
         (Layout.AIBOM, Path(request.aibom), "aibom"),
@@ -429,10 +441,14 @@ def _claim(store: ObjectStore, model: ModelName, version: str, plan: PromotionPl
 
 
 def _upload_all(store: ObjectStore, model: ModelName, version: str, plan: PromotionPlan,
-                sources: dict[str, Path], workers: int) -> None:
+                sources: dict[str, Path | PinnedFile], workers: int) -> None:
+    checks_its_writes = bool(getattr(store, "confirms_own_writes", False))
+
     def one(obj: PlannedObject) -> None:
         key = Layout.key(model, version, obj.key)
-        store.put_if_absent(key, sources[obj.key], obj.size, obj.sha256)
+        created = store.put_if_absent(key, sources[obj.key], obj.size, obj.sha256)  # type: ignore[arg-type]
+        if created and checks_its_writes:
+            return  # checked against the plan before the key appeared (see step 3 above): no second read
         confirmed = store.stored_sha256(key)
         if confirmed != obj.sha256:
             raise StoredObjectError(

@@ -19,12 +19,20 @@ Checksums, and why each step is there:
    PUT, per-part checksums for multipart) so a server that validates checksums
    (S3, MinIO) rejects bytes damaged in transit. moto stores the client's value
    without checking it, which is why step 1 does not rely on the server.
-3. Confirmation (:meth:`S3Store.stored_sha256`): the ``ChecksumSHA256`` the
-   server reports for the stored object (HEAD, ``ChecksumMode=ENABLED``) must be
-   the manifest's, and, with ``reread=True`` (the default), the object is read
-   back and hashed; the re-read is what confirms the stored bytes on a server
-   that does not validate (moto), and for multipart objects, whose server
-   checksum is a checksum of part checksums, not of the file.
+3. Confirmation of an object this store just created needs no second read
+   (:attr:`S3Store.confirms_own_writes`): step 1 hashed the exact bytes sent,
+   step 2 had the server validate them, and the checksum the server answers
+   with (the object's sha256 for a single PUT, the checksum of the parts'
+   sha256s for a multipart upload) must be the one we computed. Verification of
+   a stored object later (:meth:`S3Store.stored_sha256`: ``airlock registry
+   check``, a key that already existed) still re-reads it with ``reread=True``
+   (the default): that is what confirms the stored bytes on a server that does
+   not validate (moto).
+
+Large files go up as a multipart upload whose parts are read once, in order
+(the whole-file sha256 is taken over that read), and sent in parallel, each with
+its own SHA-256 checksum computed from the same buffer; at most
+``max_parts_in_flight`` parts (of ``part_size``) are held in memory per store.
 
 A promotion killed during a multipart upload leaves the upload unfinished:
 invisible to readers, but its parts stay stored (and billed) forever. They are
@@ -38,6 +46,7 @@ import binascii
 import hashlib
 import io
 import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,6 +55,8 @@ from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
 
 import airlock.registry.leftovers as _policy  # module attributes: the thresholds stay adjustable (tests)
+from airlock.fsutil import run_all
+from airlock.hashing import PinnedFile
 from airlock.redact import redact_url
 from airlock.registry.base import (
     MAX_CONTROL_OBJECT_BYTES,
@@ -60,6 +71,8 @@ from airlock.registry.leftovers import Leftover, describe_age
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
 _MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
 _READ_CHUNK = 1 << 20
+# Parts read but not yet sent, per store (memory: this many times the part size).
+DEFAULT_PARTS_IN_FLIGHT = 8
 # S3 answers 409 ConditionalRequestConflict when two conditional writes to one key race; retrying gets 200 or 412.
 _CONFLICT_RETRIES = 8
 
@@ -103,10 +116,14 @@ class S3Store:
         retention: Retention | None = None,
         reread: bool = True,
         part_size: int = DEFAULT_PART_SIZE,
+        max_parts_in_flight: int = DEFAULT_PARTS_IN_FLIGHT,
     ) -> None:
         if part_size < _MIN_PART_SIZE:
             raise RegistryError(f"S3 part size {part_size} is below S3's minimum of {_MIN_PART_SIZE} bytes")
         self.client = client
+        self.max_parts_in_flight = max(1, max_parts_in_flight)
+        # Shared by every upload of this store: bounds the memory of parts read but not yet sent.
+        self._part_slots = threading.BoundedSemaphore(self.max_parts_in_flight)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.reread = reread
@@ -161,7 +178,12 @@ class S3Store:
 
     # ------------------------------------------------------------------ writing
 
+    # A key put_if_absent creates was checked against (size, sha256) before it appeared (see the module docstring).
+    confirms_own_writes = True
+
     def put_if_absent(self, key: str, source: Source, size: int, sha256: str) -> bool:
+        if isinstance(source, PinnedFile):
+            source = source.path  # read once while sending, hashed in that read
         if self._exists(key):
             # A re-run after a crash: do not read (or send) gigabytes only to be told 412. The conditional
             # write below still decides when the key appears in between.
@@ -223,25 +245,60 @@ class S3Store:
                 },
             )
             completed = response is not None
-            return completed
         finally:
             if not completed:
                 self._abort(full_key, upload_id)
+        returned = (response or {}).get("ChecksumSHA256")
+        expected = _composite_sha256(parts)
+        if returned is not None and returned.split("-")[0] != expected.split("-")[0]:
+            raise StoredObjectError(
+                f"{self.object_url(key)}: the server reports ChecksumSHA256 {returned} for the completed upload, "
+                f"the parts sent make {expected}"
+            )
+        return completed
 
     def _upload_parts(self, full_key: str, upload_id: str, reader: Any) -> tuple[list[dict[str, Any]], int, str]:
+        """Read the file once, in order (the whole-file sha256), sending its parts in parallel as they are read."""
+        from concurrent.futures import ThreadPoolExecutor
+
         whole = hashlib.sha256()
-        parts: list[dict[str, Any]] = []
         sent = 0
-        while chunk := reader.read(self.part_size):
-            whole.update(chunk)
-            sent += len(chunk)
-            checksum = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
-            number = len(parts) + 1
-            response = self.client.upload_part(
-                Bucket=self.bucket, Key=full_key, UploadId=upload_id, PartNumber=number,
-                Body=chunk, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
-            )
-            parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum})
+
+        def send(number: int, chunk: bytes) -> dict[str, Any]:
+            try:
+                checksum = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+                response = self.client.upload_part(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload_id, PartNumber=number,
+                    Body=chunk, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+                )
+                returned = response.get("ChecksumSHA256")
+                if returned is not None and returned != checksum:
+                    raise StoredObjectError(f"s3://{self.bucket}/{full_key}: part {number} stored with checksum "
+                                            f"{returned}, sent {checksum}")
+                return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+            finally:
+                self._part_slots.release()
+
+        futures = []
+        with ThreadPoolExecutor(max_workers=self.max_parts_in_flight, thread_name_prefix="airlock-s3-part") as pool:
+            try:
+                while True:
+                    self._part_slots.acquire()  # released by send(): bounds the parts held in memory
+                    chunk = reader.read(self.part_size)
+                    if not chunk:
+                        self._part_slots.release()
+                        break
+                    whole.update(chunk)
+                    sent += len(chunk)
+                    futures.append(pool.submit(send, len(futures) + 1, chunk))
+                    if any(f.done() and f.exception() is not None for f in futures):
+                        break
+            except BaseException:
+                for future in futures:
+                    if future.cancel():
+                        self._part_slots.release()  # send() will never run to release it
+                raise
+            parts = run_all(futures)
         return parts, sent, whole.hexdigest()
 
     def _abort(self, full_key: str, upload_id: str) -> None:
@@ -502,6 +559,12 @@ class _CheckedBody(io.RawIOBase):
         if not self.closed:
             self._body.close()
         super().close()
+
+
+def _composite_sha256(parts: list[dict[str, Any]]) -> str:
+    """S3's checksum of a multipart object: sha256 over the parts' raw sha256 digests, then ``-<parts>``."""
+    digest = hashlib.sha256(b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in parts)).digest()
+    return f"{base64.b64encode(digest).decode()}-{len(parts)}"
 
 
 def _b64(sha256_hex: str) -> str:
