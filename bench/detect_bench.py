@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Detection power of the behavioural fingerprint, measured rather than assumed.
 
-In-process logprob fingerprint, on the demo model (``demo/tiny-gpt2`` from scripts/demo_models.py,
-random weights) unless ``--model trained``:
+In-process logprob fingerprint, by default on a tiny GPT-2 this script trains for ``--train-seconds`` on
+the demo corpus with a fixed seed (``--model demo``: the demo model, ``demo/tiny-gpt2`` from
+scripts/demo_models.py, random weights, whose logits are so flat that noise below 1e-4 x std stays
+within the floor; the trained model is what a registry holds and is what reaches 1e-5):
 - false alarms: ``--runs`` re-runs of the unmodified model with varied batch size and threads,
   compared with the baseline under its calibration (3 further runs);
 - detection of: Gaussian noise of 1e-5 x std on one matrix, one SGD step and one AdamW step (lr 1e-3),
@@ -189,7 +191,7 @@ def _subset(samples: dict[str, list[str]], prompts: int, per_prompt: int) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser(description="Fingerprint detection power")
     parser.add_argument("--runs", type=int, default=20, help="false-alarm re-runs (in-process)")
-    parser.add_argument("--model", choices=("demo", "trained"), default="demo")
+    parser.add_argument("--model", choices=("demo", "trained"), default="trained")
     parser.add_argument("--endpoint-trials", type=int, default=20)
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--samples", type=int, default=30)
@@ -204,6 +206,8 @@ def main() -> int:
 
     import demo_models
     import torch
+
+    bench_started = time.monotonic()
 
     torch.set_num_threads(1)
     prompt_set = load_prompt_set()
@@ -279,26 +283,34 @@ def main() -> int:
                          for t in range(args.endpoint_trials)]
             print(f"\n[endpoint, sampled text] {args.prompts} prompts x {args.samples} samples x 32 tokens, "
                   f"{seconds_per_set:.1f} s per sample set, {args.permutations} permutations")
-            endpoint_false_alarms = sum(
-                mmd_test(b, s, permutations=args.permutations, seed=t).p_value < 0.05
-                for t, (b, s) in enumerate(zip(base_sets, same_sets, strict=True)))
-            print(f"{'unmodified':<28} false alarms {endpoint_false_alarms}/{args.endpoint_trials}")
+            null_p = [mmd_test(b, s, permutations=args.permutations, seed=t).p_value
+                      for t, (b, s) in enumerate(zip(base_sets, same_sets, strict=True))]
+            endpoint_false_alarms = sum(p < 0.05 for p in null_p)
+            # An exact permutation test rejects a true null at rate alpha: at p<0.05, 20 trials see 2 or more
+            # false alarms one time in four. The p-values show where a stricter alpha would put them.
+            print(f"{'unmodified':<28} false alarms {endpoint_false_alarms}/{args.endpoint_trials} at p<0.05, "
+                  f"{sum(p < 0.01 for p in null_p)}/{args.endpoint_trials} at p<0.01; "
+                  f"p-values {' '.join(format(p, '.3f') for p in sorted(null_p))}")
             powers = {}
             for name, m in swapped.items():
                 cand_sets = [_sample_set(m, tokenizer, prompts, args.samples, 3000 + t)
                              for t in range(args.endpoint_trials)]
-                curve = []
+                curve, full_p = [], []
                 for n_prompts in sorted({max(2, args.prompts // 4), args.prompts // 2, args.prompts}):
                     for n_samples in sorted({max(2, args.samples // 3), args.samples // 2 or 2, args.samples}):
-                        hits = sum(mmd_test(_subset(b, n_prompts, n_samples), _subset(c, n_prompts, n_samples),
-                                            permutations=args.permutations, seed=t).p_value < 0.05
-                                   for t, (b, c) in enumerate(zip(base_sets, cand_sets, strict=True)))
+                        p_values = [mmd_test(_subset(b, n_prompts, n_samples), _subset(c, n_prompts, n_samples),
+                                             permutations=args.permutations, seed=t).p_value
+                                    for t, (b, c) in enumerate(zip(base_sets, cand_sets, strict=True))]
+                        hits = sum(p < 0.05 for p in p_values)
                         curve.append(f"{n_prompts}x{n_samples}:{hits / args.endpoint_trials:.2f}")
                         if (n_prompts, n_samples) == (args.prompts, args.samples):
-                            powers[name] = hits / args.endpoint_trials
+                            powers[name], full_p = hits / args.endpoint_trials, p_values
                 print(f"{name:<28} power at p<0.05 by prompts x samples: {' '.join(curve)}")
+                print(f"{'':<28} at {args.prompts}x{args.samples}: largest p {max(full_p):.3g}, power at p<0.01 "
+                      f"{sum(p < 0.01 for p in full_p) / args.endpoint_trials:.2f}")
             power = min(powers.values())
 
+    print(f"\nwall time {time.monotonic() - bench_started:.0f} s")
     min_sigma_text = "none" if min_sigma is None else format(min_sigma, "g")
     print(f"false_alarms={false_alarms}/{args.runs} detected={detected}/{len(cases)} min_sigma={min_sigma_text} "
           f"endpoint_power={power:.2f} endpoint_false_alarms={endpoint_false_alarms}/{args.endpoint_trials}")

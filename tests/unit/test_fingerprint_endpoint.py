@@ -196,3 +196,56 @@ def test_an_answer_without_text_is_refused(server):
 
 def test_redact_drops_credentials_query_and_fragment():
     assert redact("https://u:p@host.example:8443/base?key=1#x") == "https://host.example:8443/base"
+
+
+def test_an_endpoints_significance_level_is_configuration_with_a_strict_default():
+    from airlock.errors import ConfigurationError
+    from airlock.fingerprint.nightly import parse_endpoints
+
+    entry = {"name": "edge", "url": "http://h", "model": "o/n", "version": "1"}
+    assert parse_endpoints(json.dumps([entry]), "conf")[0].alpha == 0.01  # a false incident in 100 nights
+    assert parse_endpoints(json.dumps([{**entry, "alpha": 0.05}]), "conf")[0].alpha == 0.05
+    for bad in (0, -0.01, 0.5, "x"):
+        with pytest.raises(ConfigurationError, match="alpha"):
+            parse_endpoints(json.dumps([{**entry, "alpha": bad}]), "conf")
+
+
+def test_endpoint_samples_at_ingest_are_an_opt_in_setting():
+    from airlock.errors import ConfigurationError
+    from airlock.fingerprint.stage import ENDPOINT_SAMPLES_ENV, endpoint_samples_setting
+
+    assert endpoint_samples_setting({}) == 0 and endpoint_samples_setting({ENDPOINT_SAMPLES_ENV: " "}) == 0
+    assert endpoint_samples_setting({ENDPOINT_SAMPLES_ENV: "30"}) == 30
+    for bad in ("1", "-2", "1001", "thirty"):
+        with pytest.raises(ConfigurationError, match=ENDPOINT_SAMPLES_ENV):
+            endpoint_samples_setting({ENDPOINT_SAMPLES_ENV: bad})
+
+
+@pytest.mark.slow
+def test_the_ingest_baseline_writes_endpoint_samples_when_configured(tmp_path, monkeypatch):
+    """`fingerprint_baseline` (ingest.baseline_run) passes no sample count: the setting decides."""
+    import torch
+    from airlock.fingerprint.stage import (
+        ENDPOINT_SAMPLES_ENV,
+        baseline_quarantine,
+        report_key,
+        report_paths,
+    )
+
+    from tests.fingerprint_nightly_fixtures import scanned_area
+    from tests.unit.fingerprint_lm import build_tiny_lm
+
+    torch.set_num_threads(1)
+    lm = build_tiny_lm(tmp_path / "lm")
+    monkeypatch.setenv(ENDPOINT_SAMPLES_ENV, "3")
+    area = scanned_area(tmp_path / "quarantine", lm)
+    summary = baseline_quarantine(area, "medium", device="cpu", runs=((16, 1), (4, 1)), sample_tokens=4)
+    samples = SampleSet.model_validate_json((area.path / report_key("samples")).read_text())
+    assert summary["samples_per_prompt"] == 3 and {len(v) for v in samples.samples.values()} == {3}
+    assert samples.claims and samples.source == "quarantine"
+    assert "fingerprint-samples.json" in [p.name for p in report_paths(area)]  # promoted with the version
+
+    monkeypatch.delenv(ENDPOINT_SAMPLES_ENV)
+    again = scanned_area(tmp_path / "quarantine-2", lm)
+    assert "samples" not in baseline_quarantine(again, "medium", device="cpu", runs=((16, 1), (4, 1)))
+    assert not (again.path / report_key("samples")).exists()

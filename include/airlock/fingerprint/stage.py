@@ -41,6 +41,23 @@ CALIBRATION_REPORT = "reports/fingerprint-calibration.json"
 SAMPLES_REPORT = "reports/fingerprint-samples.json"
 STAGE = "fingerprint"
 DEFAULT_SAMPLE_TOKENS = 32
+# Sampled completions per canonical prompt written at ingest for the endpoint backend; 0 (the default) writes none,
+# and endpoints claiming such a version are checked as errors. 30 with the 48 prompts is the budget measured
+# in bench/detect_bench.py (power 1.0 against a model swapped behind the endpoint).
+ENDPOINT_SAMPLES_ENV = "AIRLOCK_FINGERPRINT_ENDPOINT_SAMPLES"
+
+
+def endpoint_samples_setting(env: dict[str, str] | None = None) -> int:
+    """Samples per prompt for the endpoint baseline from AIRLOCK_FINGERPRINT_ENDPOINT_SAMPLES: 0 (none) or 2-1000."""
+    raw = (os.environ if env is None else env).get(ENDPOINT_SAMPLES_ENV, "").strip() or "0"
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value != 0 and not 2 <= value <= 1000:
+        raise ConfigurationError(f"{ENDPOINT_SAMPLES_ENV}={raw!r}: 0 (no endpoint baseline) or 2-1000 samples per "
+                                 f"prompt (1 is degenerate)")
+    return value
 # A variant names a second runtime class's baseline of the same version: report file names allow no more.
 _VARIANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # reports/fingerprint-baseline[.<variant>].json, the shape the registry promotes (one flat reports/ folder).
@@ -138,7 +155,7 @@ def baseline_quarantine(
     dtype: str = "float32",
     runs: Sequence[tuple[int, int]] = DEFAULT_CALIBRATION_RUNS,
     variant: str | None = None,
-    samples_per_prompt: int = 0,
+    samples_per_prompt: int | None = None,
     sample_tokens: int = DEFAULT_SAMPLE_TOKENS,
     claims: str = "",
     log: Callable[[str], None] | None = None,
@@ -148,7 +165,8 @@ def baseline_quarantine(
     Returns a small summary for XCom (paths, sha256 of each report, floor, threshold, runtime class).
     A directory that is not a transformers model (no ``config.json`` with a ``model_type``) gets no baseline:
     the summary says ``skipped`` and the nightly check will list the version as not covered.
-    ``samples_per_prompt`` > 0 also writes sampled completions for the endpoint backend (``claims``: the ``org/name@version`` they are of).
+    ``samples_per_prompt`` > 0 also writes sampled completions for the endpoint backend (``claims``: the
+    ``org/name@version`` they are of; default: the model's name); None takes AIRLOCK_FINGERPRINT_ENDPOINT_SAMPLES.
     Raises :class:`airlock.ingest.ScanBlocked` before loading anything the scan has not allowed, and
     :class:`~airlock.fingerprint.model.FingerprintError` / :class:`~airlock.fingerprint.compare.ComparisonRefused`
     when the model cannot be loaded or its calibration runs disagree on token ids.
@@ -159,6 +177,8 @@ def baseline_quarantine(
     from airlock.ingest import record_stage
 
     log = log or (lambda _line: None)
+    if samples_per_prompt is None:
+        samples_per_prompt = endpoint_samples_setting()
     started, clock = _now(), datetime.now(UTC)
     model_ref = scanned_model_ref(area, tier)
     baseline_path = area.path / report_key("baseline", variant)
@@ -178,7 +198,7 @@ def baseline_quarantine(
         if samples_per_prompt:
             samples = sample_model(area.files_dir, load_prompt_set(fingerprint.prompt_set.id),
                                    samples_per_prompt=samples_per_prompt, max_tokens=sample_tokens, device=device,
-                                   dtype=dtype, source="quarantine", claims=claims)
+                                   dtype=dtype, source="quarantine", claims=claims or str(ref["name"]))
     summary: dict[str, Any] = {
         "baseline": str(baseline_path),
         "baseline_sha256": _write(baseline_path, fingerprint.to_json()),
