@@ -2,9 +2,10 @@
 ### model_fingerprint_nightly
 
 Re-runs the behavioural fingerprint of every released model version and compares it with the baseline
-recorded at ingestion, within the baseline's runtime class. Daily at 02:00 UTC, and whenever a model
-Asset gets an event (a new version gets its first check at once: such runs check only what was never
-checked; the daily run checks everything).
+recorded at ingestion, within the baseline's runtime class. Daily at 02:00 UTC, and whenever `promote`
+releases a version (an event on a registry-model Asset through the release alias; quarantine events,
+checks and revocations do not trigger it): a new version gets its first check at once (such runs check
+only what was never checked; the daily run checks everything).
 
 1. `plan` lists one check per released, not revoked version and baseline runtime class (versions without
    a baseline are listed as not covered), and one per configured endpoint (`AIRLOCK_FINGERPRINT_ENDPOINTS`
@@ -14,7 +15,8 @@ checked; the daily run checks everything).
    not recorded as a deployment), fingerprint it in the baseline's runtime class (another class is an
    error, never a comparison), compare with the baseline and its calibrated noise floor, validate with
    great-expectations (Data Docs kept, offline), write the check report under `AIRLOCK_CHECKS_DIR`,
-   record the verdict in the registry's check history and an Asset event with the digests.
+   record the verdict in the registry's check history and an event on the registry model's Asset with the
+   version's digests (through the checks' alias, which does not schedule this DAG).
 3. `check_endpoint`: sampled completions of each endpoint against the baseline samples of the version it
    claims (an MMD permutation test); a version without baseline samples is an error, not a pass.
 4. `incidents` reads this run's deviations back from the registry's check history (never from XCom), and
@@ -41,7 +43,7 @@ from airflow.sdk import (
     task,
 )
 from airlock.fingerprint.nightly import CHECK_ALIAS, DAG_ID, INCIDENT_DAG_ID
-from airlock.lineage import MODEL_ALIAS
+from airlock.lineage import RELEASE_ALIAS
 
 # Bounded parallelism: each check holds a model in memory. A pool of its own can be named with
 # AIRLOCK_FINGERPRINT_POOL (created by the stack or an admin); default_pool otherwise.
@@ -72,6 +74,13 @@ def _endpoints():
     return load_endpoints(Variable.get(ENDPOINTS_VARIABLE, default=None))
 
 
+def _digests(outcome) -> dict:
+    """The checked version's root, signature and AI-BOM digests for its Asset event (lineage only)."""
+    from airlock.lineage import version_digests
+
+    return version_digests(_registry(), outcome.model, outcome.version)
+
+
 def _outcome_to_task_state(outcome) -> dict:
     """error -> the task fails (no retry: the same bytes give the same refusal); skipped -> skipped."""
     import logging
@@ -91,7 +100,7 @@ def _outcome_to_task_state(outcome) -> dict:
     dag_id=DAG_ID,
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
-        assets=AssetAlias(MODEL_ALIAS),
+        assets=AssetAlias(RELEASE_ALIAS),
     ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -153,7 +162,7 @@ def model_fingerprint_nightly():
         outcome = check_version(_registry(), planned, run_id=run_id, settings=NightlySettings.from_env(),
                                 log=logging.getLogger("airlock.model_fingerprint_nightly").info)
         if not outcome.skipped and outcome.verdict != "error":
-            record_check_event(outlet_events, outcome, run_id)
+            record_check_event(outlet_events, outcome, run_id, _digests(outcome))
         return _outcome_to_task_state(outcome)
 
     @task(task_id="check_endpoint", pool=POOL, pool_slots=1, max_active_tis_per_dagrun=PARALLEL_CHECKS,
@@ -175,7 +184,7 @@ def model_fingerprint_nightly():
         outcome = check_endpoint(_registry(), name, _endpoints(), run_id=run_id, settings=NightlySettings.from_env(),
                                  log=logging.getLogger("airlock.model_fingerprint_nightly").info)
         if outcome.verdict != "error":
-            record_check_event(outlet_events, outcome, run_id)
+            record_check_event(outlet_events, outcome, run_id, _digests(outcome))
         return _outcome_to_task_state(outcome)
 
     @task(task_id="incidents", trigger_rule="all_done")

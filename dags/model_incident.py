@@ -9,7 +9,8 @@ hand with a **reason**.
    pipeline's Vault key (connection `airlock_vault`): `airlock pull` and
    verified loads refuse it from then on. Idempotent: a re-run finds its own
    revocation, and a version revoked before (by a person or another incident)
-   is left as it is.
+   is left as it is. A new revocation is an event on the registry model's
+   Asset (version, digests, incident, reason; airlock.lineage).
 2. `write_report` writes the incident report, JSON and Markdown, beside the
    version (never inside it: versions are immutable) at
    `<registry>/incidents/<org>/<name>/<version>/<incident-id>.{json,md}`:
@@ -37,9 +38,10 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetAlias, Param, dag, task
 
 from airlock.incident.respond import MAX_REASON, SOURCE_PATTERN, VERSION_PATTERN
+from airlock.lineage import REVOCATION_ALIAS
 from airlock.policy import REGISTRY_NAME_PATTERN
 
 DAG_ID = "model_incident"
@@ -118,17 +120,23 @@ def _refusals_fail_fast():
     },
 )
 def model_incident():
-    @task(task_id="revoke")
-    def revoke(params: dict | None = None, run_id: str | None = None, dag_run=None) -> dict:
+    @task(task_id="revoke", outlets=[AssetAlias(REVOCATION_ALIAS)])
+    def revoke(params: dict | None = None, run_id: str | None = None, dag_run=None, outlet_events=None) -> dict:
         """Revoke the version in the index (signed), or find it revoked already."""
         import logging
 
         from airlock.incident import revoke_for_incident
+        from airlock.lineage import record_revocation_event, version_digests
 
         assert params is not None and run_id is not None
         with _refusals_fail_fast():
             request, incident, actor = _incident(params, run_id, dag_run)
-            revocation = revoke_for_incident(_registry(), request, incident=incident, actor=actor)
+            registry = _registry()
+            revocation = revoke_for_incident(registry, request, incident=incident, actor=actor)
+        if revocation.outcome == "revoked":
+            record_revocation_event(outlet_events, str(request.model), request.version, run_id,
+                                    version_digests(registry, str(request.model), request.version),
+                                    incident=incident, reason=request.reason, source=request.source)
         from airlock.redact import one_line
 
         logging.getLogger("airlock.incident").warning(one_line(  # reasons and actors are untrusted text

@@ -21,7 +21,8 @@ limits, whether a drop must carry a vendor manifest, scan strictness and approva
    hub's LFS sha256 / git blob sha1 or the drop's vendor manifest; a mismatch,
    a missing or an unexpected file blocks the run.
 5. `hash_manifest` builds the manifest (sha256 per file, model_signing root
-   digest) from that same pass and records an event on the model's Asset.
+   digest) from that same pass and records an event on the quarantined
+   source's Asset (`source:<kind>:<name>`; never a registry model).
 6. `scan_model` scans every file by content at the tier's policy; a block (or
    "could not scan") fails the run here, with every finding in the task log and
    the ScanReport in quarantine.
@@ -46,9 +47,16 @@ limits, whether a drop must carry a vendor manifest, scan strictness and approva
    the scan report and the approval) and signs it.
 10. `promote` checks the approval and the BOM's bindings again, then stores
    files, signature, BOM and reports as an immutable registry version (RELEASED
-   last) and records the Asset event with version and digests.
+   last) and records the release on the registry model's Asset
+   (`airlock://registry/<org>/<name>`) with version, digests and run id.
 11. `remove_quarantine` (teardown) deletes the run's quarantine directory when
    the run ends (kept after a failure only if AIRLOCK_QUARANTINE_KEEP_ON_FAILURE).
+
+A blocked run says why: the failing task writes its reason (rule and file,
+checksum and file, metric) into the run's note, shown in the grid
+(airlock.runnote). Every task reports the datasets it read and wrote (source
+and revision, quarantine, registry version, with digests) to OpenLineage
+(airlock.lineage).
 
 All logic lives in the `airlock` library. XCom carries summaries for people;
 no task takes a verdict from it: each reads the run's records in quarantine
@@ -64,7 +72,7 @@ import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from airlock.lineage import MODEL_ALIAS
+from airlock.lineage import RELEASE_ALIAS, SOURCE_ALIAS
 from airlock.policy import OWNER_PATTERN, REGISTRY_NAME_PATTERN, REVISION_PATTERN, SOURCE_PATTERN
 
 RISK_TIERS = ["low", "medium", "high", "critical"]
@@ -108,6 +116,39 @@ def _registry():
     return pipeline_registry(lambda: s3_access().client(), VaultTransitSigner.from_airflow_connection())
 
 
+def _note_writer():
+    """Where a blocked run's reason is written (test seam): the run's note through the REST API."""
+    from airlock.runnote import rest_writer
+
+    return rest_writer()
+
+
+def _report_lineage(context) -> None:
+    """on_success/on_failure: the datasets this task read and wrote, for the OpenLineage listener."""
+    from airlock.config import load_settings
+    from airlock.lineage import attach_ingest_lineage
+
+    ti = context["ti"]
+    attach_ingest_lineage(context["task"], ti.task_id, context["run_id"], load_settings().quarantine_root,
+                          lambda: ti.xcom_pull(task_ids=ti.task_id))
+
+
+def _note_block_reason(context) -> None:
+    """on_failure: the reason this task stopped the run (rule and file, checksum and file, metric), in the run's
+    note where the grid shows it."""
+    from airlock.runnote import reason_from_exception, write_reason
+
+    reason = reason_from_exception(context["ti"].task_id, context.get("exception"))
+    try:
+        writer = _note_writer()
+    except Exception as exc:  # noqa: BLE001 - a misconfigured note writer must not hide the failure itself
+        import logging
+
+        logging.getLogger("airlock.model_ingest").warning("run note not written: %s", exc)
+        return
+    write_reason(writer, context["dag"].dag_id, context["run_id"], reason)
+
+
 def _fill_approval_form(context) -> None:
     """pre_execute of `approve`: the form and its assignees from the run's records (never from XCom)."""
     from airlock.config import load_settings
@@ -134,6 +175,8 @@ def _fill_approval_form(context) -> None:
         "retry_delay": timedelta(seconds=10),
         "retry_exponential_backoff": True,
         "execution_timeout": timedelta(minutes=30),
+        "on_success_callback": _report_lineage,
+        "on_failure_callback": [_report_lineage, _note_block_reason],
     },
     params={
         "source": Param(
@@ -209,8 +252,9 @@ def model_ingest():
         def resolve():
             ref = parse_source_uri(params["source"], params.get("revision"))
             log.info("resolving %s@%s", ref.uri, ref.requested_revision or "current")
+            # A file drop is pinned by its listing here (no byte read); the download pins its content.
             return resolve_ref(ref, hub=hub_access() if ref.scheme == "hf" else None,
-                               s3=s3_access() if ref.scheme == "s3" else None)
+                               s3=s3_access() if ref.scheme == "s3" else None, file_pin="listing")
 
         try:
             with _verdicts_fail_fast():
@@ -247,7 +291,7 @@ def model_ingest():
 
         from airlock.config import load_settings
         from airlock.connections import hub_access, s3_access
-        from airlock.ingest import record_download, run_area, run_source
+        from airlock.ingest import pin_downloaded_source, record_download, run_area, run_source
         from airlock.lineage import download_summary
         from airlock.policy import policy_for
         from airlock.quarantine import download, preflight
@@ -267,6 +311,7 @@ def model_ingest():
             result = download(
                 source, area, fetcher, workers=settings.download_workers, timeout_s=settings.download_timeout_s
             )
+            source = pin_downloaded_source(settings.quarantine_root, run_id, source, result)
         ended_at = pendulum.now("UTC").isoformat()
         record_download(area, source, result, started_at, ended_at)
         logging.getLogger("airlock.model_ingest").info(
@@ -292,12 +337,12 @@ def model_ingest():
             report = verify_quarantine(run_source(root, run_id), area, policy_for(params["risk_tier"]))
         return verification_summary(area, report)
 
-    @task(task_id="hash_manifest", outlets=[AssetAlias(MODEL_ALIAS)])
+    @task(task_id="hash_manifest", outlets=[AssetAlias(SOURCE_ALIAS)])
     def hash_manifest(run_id: str | None = None, outlet_events=None) -> dict:
         """The manifest from the verification's pass (no second read); an Asset event with revision and root digest."""
         from airlock.config import load_settings
         from airlock.ingest import run_area, run_source
-        from airlock.lineage import manifest_summary, record_model_event
+        from airlock.lineage import manifest_summary, record_quarantine_event
         from airlock.manifest import ModelRef, manifest_from_pass, save_manifest
 
         assert run_id is not None
@@ -307,7 +352,7 @@ def model_ingest():
             model = ModelRef(name=source.model_name, source=source.uri, revision=source.revision)
             manifest = manifest_from_pass(area.files_dir, area.digests_file, model)
         save_manifest(manifest, area.manifest_file)
-        record_model_event(outlet_events, source, manifest, stage="quarantine")
+        record_quarantine_event(outlet_events, source, manifest, run_id)
         return manifest_summary(area, manifest)
 
     @task(task_id="remove_quarantine")
@@ -413,20 +458,20 @@ def model_ingest():
             registry = _registry()
             return build_aibom_run(load_settings(), run_id, params, registry, lambda: registry.signer)
 
-    @task(task_id="promote", outlets=[AssetAlias(MODEL_ALIAS)])
+    @task(task_id="promote", outlets=[AssetAlias(RELEASE_ALIAS)])
     def promote(params: dict | None = None, run_id: str | None = None, outlet_events=None) -> dict:
         """Check the gates and the BOM's bindings again; store an immutable registry version (RELEASED last)."""
         from airlock.approval import airflow_run_records
         from airlock.config import load_settings
         from airlock.ingest import DAG_ID, promote_run, run_source
-        from airlock.lineage import record_promotion_event
+        from airlock.lineage import record_release_event
 
         assert params is not None and run_id is not None
         settings = load_settings()
         with _verdicts_fail_fast():
             promotion = promote_run(settings, run_id, params, _registry(), airflow_run_records(DAG_ID, run_id),
                                     actor=f"airflow:model_ingest/{run_id}")
-        record_promotion_event(outlet_events, run_source(settings.quarantine_root, run_id), promotion)
+        record_release_event(outlet_events, run_source(settings.quarantine_root, run_id), promotion, run_id)
         return promotion
 
     prepared = prepare_quarantine()

@@ -18,7 +18,9 @@ reference is the **signature**, not a local database. Hourly, and triggerable.
    verified with this host's trust store for this very version, and with the
    plan the signed index pins; the index chain itself is verified too. It logs
    modified, added and removed files, bytes re-hashed and seconds, and records
-   a `checked` event (pass / fail / error) in the version's index history.
+   a `checked` event (pass / fail / error) in the version's index history, and
+   (pass / fail) an event on the registry model's Asset with the version's
+   digests (airlock.lineage; the checks' alias, which schedules nothing).
    A check that could not run fails its task.
 3. `incidents` reads this run's recorded verdicts back from the index (never
    from XCom) and, for every version that deviated or whose index no longer
@@ -34,7 +36,9 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, task
+from airflow.sdk import AssetAlias, dag, task
+
+from airlock.lineage import CHECK_ALIAS
 
 # Created by `make stack-up` (scripts/stack.py); its slots bound how many targets are re-hashed at once
 # across all runs (each check already uses every core of its worker).
@@ -85,14 +89,16 @@ def model_integrity_watch():
             sum(t.kind == "registry" for t in targets), sum(t.kind == "deployed" for t in targets))
         return [t.model_dump(mode="json") for t in targets]
 
-    @task(task_id="check", pool=WATCH_POOL, pool_slots=1, map_index_template="{{ watch_target }}")
-    def check(target: dict, run_id: str | None = None) -> dict:
+    @task(task_id="check", pool=WATCH_POOL, pool_slots=1, map_index_template="{{ watch_target }}",
+          outlets=[AssetAlias(CHECK_ALIAS)])
+    def check(target: dict, run_id: str | None = None, outlet_events=None) -> dict:
         """Re-hash one target against its signed manifest and record the verdict in the index."""
         import logging
 
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowException
 
+        from airlock.lineage import record_watch_event, version_digests
         from airlock.redact import safe_text
         from airlock.watch import WatchTarget, check_target, record_result
 
@@ -109,6 +115,7 @@ def model_integrity_watch():
         log.info("recorded as index event #%d of %s", event.seq, planned.model)
         if result.verdict == "error":
             raise AirflowException(result.summary())  # could not check: worth a retry, and never a pass
+        record_watch_event(outlet_events, result, run_id, version_digests(registry, planned.model, planned.version))
         return result.to_json_dict()
 
     @task(task_id="incidents", trigger_rule="all_done")

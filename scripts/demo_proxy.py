@@ -50,7 +50,7 @@ try:
     result["refused"] = None
 except (OSError, RevisionNotFoundError) as exc:
     cause = exc if isinstance(exc, RevisionNotFoundError) else (exc.__cause__ or exc)
-    result["refused"] = " ".join(str(cause).split())[-400:]
+    result["refused"] = " ".join(str(cause).split())
 print(json.dumps(result))
 """
 
@@ -152,12 +152,18 @@ def run_proxy_demo(model: str = MODEL, revoked: str | None = None) -> ProxyDemoR
         f"from_pretrained({model!r}) via HF_ENDPOINT={url}: {loaded['type']} with {loaded['parameters']} parameters, "
         f"version {loaded['version']} (commit {loaded['commit'][:12]}), every file verified against model.sig",
         f"{model}: {pulls} pull record(s) by consumer {CONSUMER!r} in the registry index",
-        f"{revoked_model}@{revoked_version} ({how}): " + (f"refused: {refused}" if refused else "SERVED (unexpected)"),
+        f"{revoked_model}@{revoked_version} ({how}): "
+        + (f"refused: {_shortened(refused)}" if refused else "SERVED (unexpected)"),
     ]
     ok = refused is not None and "revoked" in refused
     line = (f"model proxy: loaded {model}@{loaded['version']} with transformers; "
             f"{revoked_model}@{revoked_version} (revoked) " + ("refused" if ok else "NOT refused"))
     return ProxyDemoResult(ok, line, details)
+
+
+def _shortened(text: str, limit: int = 400) -> str:
+    """The client's refusal for the terminal: its head says why (the proxy's reason comes first)."""
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def main() -> int:

@@ -17,7 +17,9 @@ and refuse otherwise.
 
 Artefacts of a run, under the quarantine root::
 
-    <run dir>/source.json           the pinned source (resolve_source; written once per run)
+    <run dir>/source.json           the pinned source (resolve_source; written once per run, except that a
+                                    file drop pinned by listing is re-pinned by content after its download,
+                                    the listing pin kept as source-listing.json)
     <area>/manifest.json            (hash_manifest)
     <area>/reports/scan.json        ScanReport
     <area>/stages/<stage>.json      what each stage recorded for the BOM's formulation
@@ -190,6 +192,30 @@ def resolve_run(settings: Settings, run_id: str, params: Mapping[str, Any], reso
                                         run_params.tier))
 
     return record_source(settings.quarantine_root, run_id, resolve, check)
+
+
+def pin_downloaded_source(root: Path, run_id: str, source: ResolvedSource, result) -> ResolvedSource:
+    """A file drop pinned by listing gets its content revision from the download's pass, recorded as the run's
+    source (the listing pin is kept beside it as ``source-listing.json``); any other source is returned as is.
+
+    Every later task reads the content-pinned record, so what is signed and named (``rev-<digest>``) is the
+    content, exactly as if resolution had hashed the drop. A requested revision the content is not refuses.
+    """
+    from airlock.errors import IntegrityError, SourceError
+    from airlock.sources import pin_content
+
+    if source.pinned_by != "listing":
+        return source
+    try:
+        pinned = pin_content(source, result.digests, result.vendor_digests)
+    except SourceError as exc:
+        raise IntegrityError(str(exc)) from None
+    path = run_dir(root, run_id) / SOURCE_RECORD
+    listing = path.with_name("source-listing.json")
+    if not listing.exists():
+        atomic_write(listing, path.read_bytes(), 0o444)
+    atomic_write(path, (json.dumps(pinned.to_json_dict(), indent=2, sort_keys=True) + "\n").encode(), 0o444)
+    return pinned
 
 
 def record_download(area: QuarantineArea, source: ResolvedSource, result, started_at: str, ended_at: str) -> None:
@@ -862,10 +888,23 @@ def promote_quarantine(
             risk_tier=tier,
             approver=approver,
             actor=actor,
+            pinned=recorded_pass(area),
             **extra,
         )
     )
     return {**result.to_json_dict(), **target.to_json_dict()}
+
+
+def recorded_pass(area: QuarantineArea) -> dict[str, Any]:
+    """The quarantine's one hashing pass (path -> digest with stat fingerprint); empty when none was recorded.
+
+    The registry may then publish a file without copying it, after checking its fingerprint again.
+    """
+    from airlock.manifest import DigestSet
+
+    if not area.digests_file.is_file():
+        return {}
+    return {digest.path: digest for digest in DigestSet.load(area.digests_file).files}
 
 
 def open_configured_registry(s3_client_factory: Callable[[], Any], *, signer=None, trust=None):

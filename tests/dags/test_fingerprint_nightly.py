@@ -85,7 +85,8 @@ def _incident_runs() -> list[dict]:
     from sqlalchemy import select
 
     with create_session() as session:
-        return [run.conf for run in session.scalars(select(DagRun).where(DagRun.dag_id == "model_incident"))]
+        return [run.conf for run in session.scalars(select(DagRun).where(DagRun.dag_id == "model_incident")
+                                                    .order_by(DagRun.id))]  # oldest first: the slice below
 
 
 def test_nightly_flags_the_version_whose_behaviour_left_its_baseline(airflow_db, lm, tmp_path: Path,
@@ -133,10 +134,12 @@ def test_nightly_flags_the_version_whose_behaviour_left_its_baseline(airflow_db,
     assert json.loads((report_path.parent / "comparison.json").read_text())["verdict"] == "deviation"
     assert not (root / "models" / "acme" / "tiny-lm" / "2" / "checks").exists()
 
-    # Lineage: one event per check on the model's check asset, verdict and digests in extra.
+    # Lineage: one event per check on the registry model's Asset (checks alias), verdict and digests in extra.
     events = _check_events(dag_run)
     assert [(uri, extra["version"], extra["verdict"]) for uri, extra in events] == [
-        (f"airlock://checks/fingerprint/{MODEL}", "1", "pass"), (f"airlock://checks/fingerprint/{MODEL}", "2", "fail")]
+        (f"airlock://registry/{MODEL}", "1", "pass"), (f"airlock://registry/{MODEL}", "2", "fail")]
+    assert {extra["kind"] for _, extra in events} == {"checked"} and all(e["run_id"] == dag_run.run_id for _, e in events)
+    assert events[1][1]["root_digest"] == state.version("2").root_digest and events[1][1]["signature_sha256"]
     assert events[1][1]["report_sha256"] == failed.report_sha256 and events[1][1]["baseline_sha256"]
 
     # One incident for the deviating version, with the distances as evidence.

@@ -1,4 +1,4 @@
-"""`model_fingerprint_nightly`'s wiring: daily and on model Asset events, routing, bounded parallelism, and the
+"""`model_fingerprint_nightly`'s wiring: daily and on registry-model releases (never quarantine events), routing, bounded parallelism, and the
 scope an Asset-triggered run plans (fast: no model is run)."""
 
 from __future__ import annotations
@@ -23,15 +23,21 @@ def dag():
     return bag.dags["model_fingerprint_nightly"]
 
 
-def test_runs_daily_and_on_every_model_asset_event(dag) -> None:
+def test_runs_daily_and_on_every_release_but_never_on_a_quarantine_event(dag) -> None:
     from airflow.sdk import AssetAlias, AssetOrTimeSchedule, CronTriggerTimetable
-    from airlock.lineage import MODEL_ALIAS
+    from airlock.lineage import RELEASE_ALIAS, SOURCE_ALIAS
 
     timetable = dag.timetable
     assert isinstance(timetable, AssetOrTimeSchedule)
     assert isinstance(timetable.timetable, CronTriggerTimetable) and timetable.timetable.expression == "0 2 * * *"
-    assert timetable.asset_condition == AssetAlias(MODEL_ALIAS)
+    assert timetable.asset_condition == AssetAlias(RELEASE_ALIAS)
     assert dag.max_active_runs == 1 and not dag.catchup
+    # The ingest DAG records quarantine events through another alias than its releases.
+    from airflow.dag_processing.dagbag import DagBag
+
+    ingest = DagBag(dag_folder=str(REPO / "dags" / "model_ingest.py")).dags["model_ingest"]
+    assert [o.name for o in ingest.get_task("promote").outlets] == [RELEASE_ALIAS]
+    assert [o.name for o in ingest.get_task("hash_manifest").outlets] == [SOURCE_ALIAS] != [RELEASE_ALIAS]
 
 
 def test_checks_are_routed_by_runtime_class_with_bounded_parallelism(dag) -> None:

@@ -106,6 +106,19 @@ def _triggered_incidents(watch_run_id: str) -> list[tuple[str, dict]]:
         return [(run.run_id, dict(run.conf)) for run in runs]
 
 
+def _asset_events(dag_run) -> list[tuple[str, dict]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(select(AssetModel.uri, AssetEvent.extra)
+                               .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                               .where(AssetEvent.source_dag_id == dag_run.dag_id,
+                                      AssetEvent.source_run_id == dag_run.run_id))
+        return [(uri, extra) for uri, extra in rows]
+
+
 def test_the_watch_finds_the_tampered_version_and_the_incident_revokes_it(
     airflow_db, registry: Registry, receiver: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,6 +134,16 @@ def test_the_watch_finds_the_tampered_version_and_the_incident_revokes_it(
     [failed] = [c for c in checks if c.verdict == "fail"]
     assert "modified files/config.json" in failed.summary and PLANTED in failed.summary
 
+    # Lineage: each check is an event on the registry model's Asset, with the version's digests and the run.
+    watch_events = sorted(_asset_events(watch_run), key=lambda e: e[1]["version"])
+    assert [(uri, e["kind"], e["version"], e["verdict"], e["check"]) for uri, e in watch_events] == [
+        (f"airlock://registry/{MODEL}", "checked", "1", "pass", "integrity"),
+        (f"airlock://registry/{MODEL}", "checked", "2", "fail", "integrity")]
+    for _, extra in watch_events:
+        assert extra["run_id"] == watch_run.run_id and extra["signature_sha256"] and extra["aibom_sha256"]
+        assert extra["root_digest"] == registry.model_state(MODEL).version(extra["version"]).root_digest
+    assert watch_events[1][1]["modified"] == 1
+
     [(triggered_id, conf)] = _triggered_incidents(watch_run.run_id)  # the tampered version only
     assert triggered_id == f"integrity_watch__{watch_run.run_id}__acme~tiny~2"
     assert (conf["model"], conf["version"], conf["source"]) == (MODEL, "2", "integrity_watch")
@@ -135,6 +158,10 @@ def test_the_watch_finds_the_tampered_version_and_the_incident_revokes_it(
 
     state = registry.model_state(MODEL, verified=True)
     assert state.version("2").status is Status.REVOKED and state.version("1").status is Status.APPROVED
+    [(uri, revoked)] = _asset_events(incident_run)
+    assert uri == f"airlock://registry/{MODEL}" and (revoked["kind"], revoked["version"]) == ("revoked", "2")
+    assert revoked["run_id"] == incident_run.run_id and revoked["root_digest"] == state.version("2").root_digest
+    assert revoked["incident_source"] == "integrity_watch" and PLANTED in revoked["reason"]
     assert state.version("2").updated_by == f"airflow:model_incident/{incident_run.run_id}"
 
     [json_key] = [k for k in registry.store.list_keys("incidents/acme/tiny/2/") if k.endswith(".json")]

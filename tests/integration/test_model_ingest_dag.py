@@ -131,12 +131,15 @@ def test_dag_test_ingests_the_demo_model_end_to_end(
     assert promoted["signature_sha256"] == signed["bundle_sha256"]
     assert promoted["aibom_sha256"] == _xcom(dag_run, "build_aibom")["aibom_sha256"]
     events = _asset_events(dag_run)
-    assert [uri for uri, _ in events] == ["airlock://models/hf/demo/tiny-gpt2"] * 2
+    # The quarantined source and the registry model are two Assets: only the release is the model's event.
+    assert [uri for uri, _ in events] == ["airlock://sources/hf/demo/tiny-gpt2", "airlock://registry/demo/tiny-gpt2"]
     assert events[0][1] == {"stage": "quarantine", "source": "hf://demo/tiny-gpt2", "revision": hub_commit,
                             "root_digest": manifest["root_digest"], "files": 6,
-                            "total_bytes": manifest["total_bytes"]}
-    assert events[1][1]["stage"] == "promote" and events[1][1]["version"] == version
+                            "total_bytes": manifest["total_bytes"], "run_id": dag_run.run_id}
+    assert events[1][1]["kind"] == "released" and events[1][1]["version"] == version
+    assert events[1][1]["run_id"] == dag_run.run_id and events[1][1]["root_digest"] == manifest["root_digest"]
     assert events[1][1]["signature_sha256"] == signed["bundle_sha256"]
+    assert events[1][1]["aibom_sha256"] == promoted["aibom_sha256"]
     _assert_promoted_copy_verifies(tmp_path / "registry", "demo/tiny-gpt2", version)
     teardown = _xcom(dag_run, "remove_quarantine")
     assert teardown["removed"] is True
@@ -380,7 +383,7 @@ def test_dag_test_verifies_an_s3_vendor_drop_and_signs_nothing_without_its_name_
         assert _xcom(dag_run, "verify_published_checksums")["checked_against"] == ["SHA256SUMS"]
         manifest = _xcom(dag_run, "hash_manifest")
         assert manifest["model"]["name"] == f"{bucket}/acme/model-z" and manifest["files"] == 2
-        assert _asset_events(dag_run)[0][0] == f"airlock://models/s3/{bucket}/acme/model-z"
+        assert _asset_events(dag_run)[0][0] == f"airlock://sources/s3/{bucket}/acme/model-z"
         states = _states(dag_run)
         assert dag_run.state == "failed" and states["review_gate"] == "success", states
         assert states["sign_model"] == "failed" and states["promote"] == "upstream_failed"

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from airlock import lineage
 from airlock.errors import AirlockError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -68,10 +69,9 @@ DAG_ID = "model_fingerprint_nightly"
 INCIDENT_DAG_ID = "model_incident"
 CHECK = "fingerprint"
 CHECK_SCHEMA = "airlock.fingerprint-check/v1"
-# Lineage of checks: its own alias and assets, never the model assets this DAG is scheduled on
-# (an event there would schedule the next run of this DAG, and so on).
-CHECK_ALIAS = "airlock-fingerprint-checks"
-CHECK_ASSET_GROUP = "airlock-fingerprint"
+# Lineage of checks: an event on the registry model's Asset through the checks' own alias, never through the
+# release alias this DAG is scheduled on (an event there would schedule the next run of this DAG, and so on).
+CHECK_ALIAS = lineage.CHECK_ALIAS
 ENDPOINTS_ENV = "AIRLOCK_FINGERPRINT_ENDPOINTS"
 ENDPOINTS_VARIABLE = "airlock_fingerprint_endpoints"
 CHECKS_DIR_ENV = "AIRLOCK_CHECKS_DIR"
@@ -150,8 +150,14 @@ class EndpointConfig(BaseModel):
     url: str = Field(min_length=1, max_length=2048, description="base URL; /v1/completions is appended")
     model: str = Field(description="ORG/NAME in the registry")
     version: str
-    served_model: str | None = Field(default=None, description="the server's 'model' field (default: model)")
+    served_model: str | None = Field(default=None, description="the server's 'model' field (default: model); "
+                                     "`transformers serve DIR` answers only to the DIR it was started with")
     token_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
+    # A deviation raises an incident, and an exact test of an unmodified endpoint rejects at rate alpha: at 0.05
+    # one false incident per endpoint every 20 nights. Measured (bench/detect_bench.py, 48 prompts x 30 samples):
+    # a model swapped behind the endpoint (one AdamW step, a different init) gives the smallest p the
+    # permutations allow, so 0.01 keeps full power there.
+    alpha: float = Field(default=0.01, gt=0, le=0.1, description="the MMD test's significance level")
 
     @property
     def claims(self) -> str:
@@ -623,11 +629,12 @@ def check_endpoint(
     host_state: HostState | None = None,
     actor: str | None = None,
     permutations: int = 1000,
-    alpha: float = 0.05,
+    alpha: float | None = None,
     log: Callable[[str], None] = _log.info,
 ) -> CheckOutcome:
     """Sample the endpoint ``name`` (from ``endpoints``, the configuration) and test it against the baseline
-    samples of the version it claims; recorded on that version with target ``endpoint:<name>``."""
+    samples of the version it claims at ``alpha`` (default: the endpoint's configured level); recorded on that
+    version with target ``endpoint:<name>``."""
     from airlock.fingerprint.endpoint import (
         Endpoint,
         EndpointError,
@@ -683,7 +690,8 @@ def check_endpoint(
             raise CheckRefused(str(exc)) from None
         files["samples"] = "samples.json"
         _write_json(run_dir / "samples.json", candidate.model_dump_json(by_alias=True))
-        comparison: EndpointComparison = compare_samples(baseline, candidate, alpha=alpha, permutations=permutations)
+        comparison: EndpointComparison = compare_samples(
+            baseline, candidate, alpha=config.alpha if alpha is None else alpha, permutations=permutations)
         files["comparison"] = "comparison.json"
         _write_json(run_dir / "comparison.json", comparison.model_dump_json(by_alias=True))
         outcome.details.update(p_value=comparison.test.p_value, statistic=comparison.test.statistic,
@@ -764,19 +772,14 @@ def incident_run_id(conf: Mapping[str, Any], run_id: str) -> str:
 
 
 def check_asset(model: str):
-    """The Asset a model's behavioural checks are recorded on (not the model's own Asset)."""
-    from urllib.parse import quote
-
-    from airflow.sdk import Asset
-
-    return Asset(name=f"{CHECK}:{model}", uri=f"airlock://checks/{CHECK}/{quote(model, safe='/')}",
-                 group=CHECK_ASSET_GROUP)
+    """The registry model's Asset: a check is an event of the model it checked (see airlock.lineage)."""
+    return lineage.registry_model_asset(model)
 
 
-def record_check_event(outlet_events, outcome: CheckOutcome, run_id: str) -> dict[str, Any]:
-    """An Asset event for the check (verdict and digests in ``extra``) through :data:`CHECK_ALIAS`."""
-    from airflow.sdk import AssetAlias
-
-    extra = outcome.lineage_extra(run_id)
-    outlet_events[AssetAlias(CHECK_ALIAS)].add(check_asset(outcome.model), extra=extra)
-    return extra
+def record_check_event(outlet_events, outcome: CheckOutcome, run_id: str,
+                       digests: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An event on the registry model's Asset through :data:`CHECK_ALIAS`: verdict, the version's digests
+    (``digests``: :func:`airlock.lineage.version_digests`) and the check's own in ``extra``."""
+    extra = {**lineage.registry_event_extra("checked", outcome.model, outcome.version, run_id, digests),
+             **outcome.lineage_extra(run_id)}
+    return lineage.record_registry_event(outlet_events, CHECK_ALIAS, extra)
