@@ -692,19 +692,7 @@ def start_airflow(state: State, stack_env: dict[str, str]) -> None:
     write_secret(state.secret("airflow-passwords.json"), json.dumps(airflow_passwords(state)))
     env = airflow_env(state, stack_env)
     airflow = str(VENV_BIN / "airflow")
-    log("migrating the Airflow metadata database")
-    run_checked([airflow, "db", "migrate"], env=env, what="airflow db migrate")
-    connections_file = state.secret("airflow-connections.json")
-    write_secret(connections_file, json.dumps(airflow_connections(state)))
-    try:
-        run_checked([airflow, "connections", "import", "--overwrite", str(connections_file)], env=env,
-                    what="airflow connections import")
-    finally:
-        connections_file.unlink(missing_ok=True)
-    # dags/model_integrity_watch.py bounds its re-hashing through this pool; a task naming a pool that does not
-    # exist is never scheduled, so the pool is created (idempotently: `set` updates) with the connections.
-    run_checked([airflow, "pools", "set", "integrity_watch", "2", "integrity watch: targets re-hashed at once"],
-                env=env, what="airflow pools set integrity_watch")
+    provision_airflow(state, env, airflow_connections(state))
     pid = spawn(state, "airflow", airflow_components_argv(airflow), env, marker=AIRFLOW_MARKER)
     wait_until(state, "airflow", pid, airflow_healthy, 240, f"GET {AIRFLOW.url}/api/v2/monitor/health")
     log(f"airflow up at {AIRFLOW.url} (login {AIRFLOW_ADMIN_USER} / {airflow_admin_password()})")
@@ -1088,6 +1076,8 @@ def provision_airflow(state: State, env: dict[str, str], connections: dict[str, 
                     what="airflow connections import")
     finally:
         connections_file.unlink(missing_ok=True)
+    # dags/model_integrity_watch.py bounds its re-hashing through this pool; a task naming a pool that does not
+    # exist is never scheduled, so the pool is created (idempotently: `set` updates) with the connections.
     run_checked([airflow, "pools", "set", "integrity_watch", "2", "integrity watch: targets re-hashed at once"],
                 env=env, what="airflow pools set integrity_watch")
 

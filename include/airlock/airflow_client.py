@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from airlock.errors import AirlockError
+from airlock.errors import AirlockError, ConfigurationError
 
 TERMINAL_RUN_STATES = {"success", "failed"}
 
@@ -186,3 +186,17 @@ class AirflowClient:
             params={"deserialize": "true"},
         )
         return entry["value"]
+
+
+def client_from_connection(conn_id: str) -> AirflowClient | None:
+    """A client for the Airflow API the ``conn_id`` connection (type http: host, port, schema, login, password)
+    names; None when that connection is not configured."""
+    from airlock.connections import _airflow_connection
+
+    conn = _airflow_connection(conn_id)
+    if conn is None or not conn.host:
+        return None
+    if not conn.login or not conn.password:
+        raise ConfigurationError(f"connection {conn_id} needs the login and password of an Airflow API user")
+    port = f":{conn.port}" if conn.port else ""
+    return AirflowClient(f"{conn.schema or 'https'}://{conn.host}{port}", conn.login, conn.password)

@@ -206,17 +206,10 @@ def airflow_run_records(dag_id: str, run_id: str, conn_id: str = AIRFLOW_CONN_ID
     The connection (type http: host, port, schema, login, password) belongs to a
     read-only Airflow user; operators of runs cannot read connections.
     """
-    from airlock.airflow_client import AirflowClient
-    from airlock.connections import _airflow_connection
+    from airlock.airflow_client import client_from_connection
 
-    conn = _airflow_connection(conn_id)
-    if conn is None or not conn.host:
-        return None
-    if not conn.login or not conn.password:
-        raise ConfigurationError(f"connection {conn_id} needs the login and password of Airflow's API user")
-    port = f":{conn.port}" if conn.port else ""
-    base = f"{conn.schema or 'https'}://{conn.host}{port}"
-    return AirflowRunRecords(AirflowClient(base, conn.login, conn.password), dag_id, run_id)
+    client = client_from_connection(conn_id)
+    return AirflowRunRecords(client, dag_id, run_id) if client is not None else None
 
 
 # --------------------------------------------------------------------------- the rule

@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from airlock.errors import ConfigurationError
-
 NOTES_CONN_ID = "airlock_airflow_notes"
 MARKER = "⛔"  # starts every note this module writes; a run whose note starts with it already says why
 MAX_NOTE = 1000  # Airflow keeps a run's note in a 1000-character column
@@ -141,16 +139,10 @@ class RestNoteWriter:
 def rest_writer(conn_id: str = NOTES_CONN_ID) -> RestNoteWriter | None:
     """The writer the ``conn_id`` connection (type http: host, port, schema, login, password) names; None when it
     is not configured."""
-    from airlock.airflow_client import AirflowClient
-    from airlock.connections import _airflow_connection
+    from airlock.airflow_client import client_from_connection
 
-    conn = _airflow_connection(conn_id)
-    if conn is None or not conn.host:
-        return None
-    if not conn.login or not conn.password:
-        raise ConfigurationError(f"connection {conn_id} needs the login and password of an Airflow API user")
-    port = f":{conn.port}" if conn.port else ""
-    return RestNoteWriter(AirflowClient(f"{conn.schema or 'https'}://{conn.host}{port}", conn.login, conn.password))
+    client = client_from_connection(conn_id)
+    return RestNoteWriter(client) if client is not None else None
 
 
 def note_reason_lines(note: str | None) -> list[str]:
