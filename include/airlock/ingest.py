@@ -53,7 +53,7 @@ from airlock.approval import (
     refuse_if_rejected,
     render_form,
 )
-from airlock.errors import AirlockError
+from airlock.errors import AirlockError, SourceError
 from airlock.fsutil import atomic_write
 from airlock.manifest import Manifest
 from airlock.quarantine import QuarantineArea, run_directory
@@ -201,7 +201,7 @@ def pin_downloaded_source(root: Path, run_id: str, source: ResolvedSource, resul
     Every later task reads the content-pinned record, so what is signed and named (``rev-<digest>``) is the
     content, exactly as if resolution had hashed the drop. A requested revision the content is not refuses.
     """
-    from airlock.errors import IntegrityError, SourceError
+    from airlock.errors import IntegrityError
     from airlock.sources import pin_content
 
     if source.pinned_by != "listing":
@@ -271,10 +271,11 @@ def registry_target(source_kind: str, model_name: str, revision: str, override: 
 
     name = override or (model_name if source_kind == "hf" else None)
     if not name:
-        raise AirlockError(f"a {source_kind}:// drop needs a registry name (ORG/NAME) for {model_name!r}")
+        # Bad input, not a transient failure: resolve_source fails at once instead of retrying.
+        raise SourceError(f"a {source_kind}:// drop needs a registry name (ORG/NAME) for {model_name!r}")
     short = revision.removeprefix("sha256:")[:12]
     if not re.fullmatch(r"[0-9a-f]{12}", short):
-        raise AirlockError(f"revision {revision!r} is not an immutable revision (commit sha or sha256: digest)")
+        raise SourceError(f"revision {revision!r} is not an immutable revision (commit sha or sha256: digest)")
     return RegistryTarget(model=str(ModelName.parse(name)), version=f"rev-{short}")
 
 

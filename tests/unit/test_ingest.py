@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from airlock.errors import AirlockError
+from airlock.errors import AirlockError, SourceError
 from airlock.ingest import (
     RegistryConflict,
     RegistryTarget,
@@ -29,8 +29,11 @@ def test_hub_models_keep_their_repo_id_and_version_by_commit() -> None:
 def test_drops_need_a_registry_name_and_use_their_listing_digest() -> None:
     digest = "sha256:" + "ab" * 32
     assert registry_target("s3", "bucket/vendor/x", digest, "acme/model-z").version == "rev-abababababab"
-    with pytest.raises(AirlockError, match="needs a registry name"):
+    # SourceError: resolve_source fails at once on bad input instead of retrying it.
+    with pytest.raises(SourceError, match="needs a registry name"):
         registry_target("file", "x", digest, None)
+    with pytest.raises(SourceError, match="not an immutable revision"):
+        registry_target("hf", "demo/x", "main", None)
 
 
 @pytest.mark.parametrize("name", ["acme", "acme/x/y", "../x", "acme/-x", "acme/x y"])
