@@ -23,7 +23,9 @@ AdamW step at lr 1e-3, and a different init) and false alarms on the unmodified 
 
 The last line is exactly
 ``false_alarms=<n>/20 detected=<k>/<m> min_sigma=<x> endpoint_power=<p> endpoint_false_alarms=<q>/20``
-(the denominators are ``--runs`` and ``--endpoint-trials``; 20 by default).
+(the denominators are ``--runs`` and ``--endpoint-trials``; 20 by default). The endpoint's power and false
+alarms there are at the level the nightly check decides at (``EndpointConfig.alpha``, 0.01; ``--alpha``);
+the power curve above it is at p<0.05 and the false alarms at both levels.
 ``--quick`` shrinks everything for a smoke run (the numbers are then not the targets' measurements).
 """
 
@@ -45,6 +47,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from airlock.fingerprint.compare import compare, noise_floor
 from airlock.fingerprint.endpoint import mmd_test
 from airlock.fingerprint.model import compute_fingerprint, load_model
+from airlock.fingerprint.nightly import EndpointConfig
 from airlock.fingerprint.prompts import load_prompt_set
 from airlock.fingerprint.schema import threshold_for
 
@@ -197,6 +200,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--train-seconds", type=float, default=60.0)
     parser.add_argument("--permutations", type=int, default=500)
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="the endpoint check's decision level (default: the nightly check's, EndpointConfig.alpha)")
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer runs, prompts, samples, trials")
     args = parser.parse_args()
@@ -271,6 +276,7 @@ def main() -> int:
 
         # ---- endpoint backend (sampled text)
         power, endpoint_false_alarms = float("nan"), 0
+        alpha = args.alpha if args.alpha is not None else EndpointConfig.model_fields["alpha"].default
         if args.endpoint_trials and trained is not None:
             prompts = prompt_set.prompts[:args.prompts]
             swapped = {"one AdamW step lr 1e-3": _step(trained, tokenizer, "adamw"),
@@ -285,9 +291,9 @@ def main() -> int:
                   f"{seconds_per_set:.1f} s per sample set, {args.permutations} permutations")
             null_p = [mmd_test(b, s, permutations=args.permutations, seed=t).p_value
                       for t, (b, s) in enumerate(zip(base_sets, same_sets, strict=True))]
-            endpoint_false_alarms = sum(p < 0.05 for p in null_p)
             # An exact permutation test rejects a true null at rate alpha: at p<0.05, 20 trials see 2 or more
-            # false alarms one time in four. The p-values show where a stricter alpha would put them.
+            # false alarms one time in four. The last line reports the level the nightly check decides at.
+            endpoint_false_alarms = sum(p < alpha for p in null_p)
             print(f"{'unmodified':<28} false alarms {endpoint_false_alarms}/{args.endpoint_trials} at p<0.05, "
                   f"{sum(p < 0.01 for p in null_p)}/{args.endpoint_trials} at p<0.01; "
                   f"p-values {' '.join(format(p, '.3f') for p in sorted(null_p))}")
@@ -306,9 +312,11 @@ def main() -> int:
                         if (n_prompts, n_samples) == (args.prompts, args.samples):
                             powers[name], full_p = hits / args.endpoint_trials, p_values
                 print(f"{name:<28} power at p<0.05 by prompts x samples: {' '.join(curve)}")
-                print(f"{'':<28} at {args.prompts}x{args.samples}: largest p {max(full_p):.3g}, power at p<0.01 "
-                      f"{sum(p < 0.01 for p in full_p) / args.endpoint_trials:.2f}")
+                powers[name] = sum(p < alpha for p in full_p) / args.endpoint_trials
+                print(f"{'':<28} at {args.prompts}x{args.samples}: largest p {max(full_p):.3g}, power at "
+                      f"p<{alpha:g} {powers[name]:.2f}")
             power = min(powers.values())
+            print(f"\nendpoint decision level (the nightly check's alpha): p<{alpha:g}")
 
     print(f"\nwall time {time.monotonic() - bench_started:.0f} s")
     min_sigma_text = "none" if min_sigma is None else format(min_sigma, "g")
