@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 import airlock.registry.leftovers as leftovers_policy
@@ -31,6 +30,7 @@ from airlock.registry import Registry, S3Store
 from airlock.registry.base import Layout, ModelName
 from tests.conftest import require_env
 from tests.registry_contract import MODEL, SIGNER, TRUST, request
+from tests.s3_fixtures import s3_client, temporary_bucket
 
 PART_SIZE = 5 * 1024 * 1024
 NAME = ModelName.parse(MODEL)
@@ -59,20 +59,13 @@ S3Store(client, bucket, "registry", part_size=5 * 1024 * 1024, max_parts_in_flig
 
 @pytest.fixture(scope="module")
 def s3() -> Any:
-    return boto3.client("s3", endpoint_url=require_env("AIRLOCK_S3_ENDPOINT"), region_name="us-east-1")
+    return s3_client()
 
 
 @pytest.fixture()
 def bucket(s3: Any) -> Iterator[str]:
-    name = f"airlock-partial-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    yield name
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
-        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            s3.delete_object(Bucket=name, Key=item["Key"], VersionId=item["VersionId"])
-    for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
-        s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
-    s3.delete_bucket(Bucket=name)
+    with temporary_bucket(s3, "airlock-partial") as name:
+        yield name
 
 
 def _killed_upload(bucket: str, key: str, tmp_path: Path) -> None:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 
 from airlock.proxy.auth import add_consumer
 from airlock.registry import HostState, ModelName, Registry, S3Store
 from airlock.signing import LocalKeySigner
-from tests.conftest import require_env
 from tests.proxy_fixtures import run_client, running_proxy
 from tests.pull_fixtures import promote_signed
+from tests.s3_fixtures import s3_client, temporary_bucket
 from tests.signing_fixtures import trust_store_for
 
 MODEL = "acme/tiny-s3"
@@ -27,18 +25,13 @@ PART_SIZE = 5 * 1024 * 1024  # the big file is stored as a multipart object (an 
 
 @pytest.fixture()
 def s3() -> Any:
-    return boto3.client("s3", endpoint_url=require_env("AIRLOCK_S3_ENDPOINT"), region_name="us-east-1")
+    return s3_client()
 
 
 @pytest.fixture()
 def bucket(s3: Any) -> Iterator[str]:
-    name = f"airlock-proxy-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    yield name
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for item in page.get("Contents", []):
-            s3.delete_object(Bucket=name, Key=item["Key"])
-    s3.delete_bucket(Bucket=name)
+    with temporary_bucket(s3, "airlock-proxy") as name:
+        yield name
 
 
 SNAPSHOT = """

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from airlock.cli import EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, main
@@ -18,6 +16,7 @@ from airlock.registry.base import Layout, ModelName
 from airlock.signing import LocalKeySigner
 from tests.conftest import require_env
 from tests.pull_fixtures import MODEL, VERSION, promote_signed, tree_of
+from tests.s3_fixtures import s3_client, temporary_bucket
 from tests.signing_fixtures import trust_store_for
 
 PREFIX = "registry"
@@ -26,18 +25,13 @@ PART_SIZE = 5 * 1024 * 1024  # S3's minimum, so the 6 MiB shard is stored (and p
 
 @pytest.fixture(scope="module")
 def s3() -> Any:
-    return boto3.client("s3", endpoint_url=require_env("AIRLOCK_S3_ENDPOINT"), region_name="us-east-1")
+    return s3_client()
 
 
 @pytest.fixture()
 def bucket(s3: Any) -> Iterator[str]:
-    name = f"airlock-pull-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    yield name
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for item in page.get("Contents", []):
-            s3.delete_object(Bucket=name, Key=item["Key"])
-    s3.delete_bucket(Bucket=name)
+    with temporary_bucket(s3, "airlock-pull") as name:
+        yield name
 
 
 @pytest.fixture()
