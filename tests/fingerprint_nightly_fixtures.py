@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from airlock.aibom import (
@@ -143,3 +146,32 @@ def _calibration(fp: Fingerprint) -> Calibration:
 def synthetic_reports(fp: Fingerprint, suffix: str = "") -> dict[str, bytes]:
     return {f"fingerprint-baseline{suffix}.json": fp.to_json().encode(),
             f"fingerprint-calibration{suffix}.json": _calibration(fp).to_json().encode()}
+
+
+class FakeCompletions:
+    """An OpenAI-style /v1/completions on a loopback port answering ``answer(request body)``; remembers requests."""
+
+    def __init__(self, answer: Callable[[dict], str]) -> None:
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                data = json.dumps({"choices": [{"index": 0, "text": answer(body)}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()

@@ -10,13 +10,11 @@ deterministic. The real server is tests/integration/test_fingerprint_endpoint_se
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.fingerprint_nightly_fixtures import nightly_env, promote_version
+from tests.fingerprint_nightly_fixtures import FakeCompletions, nightly_env, promote_version
 from tests.registry_contract import SIGNER, TRUST
 from tests.signing_fixtures import make_model
 
@@ -26,31 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL = "acme/served"
 GOOD_TEXT = " the keeper trimmed the wick and"
 OTHER_TEXT = " zq vx kj wq zz xq jj"
-
-
-class _ConstantServer:
-    """An OpenAI-style /v1/completions answering ``text`` to every request (and remembering the requests)."""
-
-    def __init__(self, text: str) -> None:
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                outer.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                data = json.dumps({"choices": [{"index": 0, "text": text}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
 
 
 def _baseline_samples(prompts: int = 4, per_prompt: int = 6) -> bytes:
@@ -75,7 +48,7 @@ def test_one_mapped_check_per_configured_endpoint(airflow_db, tmp_path: Path, mo
     promote_version(registry, tmp_path, SIGNER, model=MODEL, version="1",
                     model_dir=make_model(tmp_path / "model", with_safetensors=False),
                     reports={"fingerprint-samples.json": _baseline_samples()})
-    good, swapped = _ConstantServer(GOOD_TEXT), _ConstantServer(OTHER_TEXT)
+    good, swapped = FakeCompletions(lambda _: GOOD_TEXT), FakeCompletions(lambda _: OTHER_TEXT)
     config = tmp_path / "endpoints.json"
     config.write_text(json.dumps({"endpoints": [
         {"name": "good", "url": good.url, "model": MODEL, "version": "1", "served_model": "served"},
@@ -86,8 +59,8 @@ def test_one_mapped_check_per_configured_endpoint(airflow_db, tmp_path: Path, mo
         dag = DagBag(dag_folder=str(REPO / "dags" / "model_fingerprint_nightly.py")).dags["model_fingerprint_nightly"]
         dag_run = dag.test()
     finally:
-        good.httpd.shutdown()
-        swapped.httpd.shutdown()
+        good.close()
+        swapped.close()
 
     states = _task_states(dag_run)
     assert dag_run.state == "success", states

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -37,6 +35,7 @@ from airlock.registry import open_registry
 
 from tests.fingerprint_nightly_fixtures import (
     CUDA,
+    FakeCompletions,
     OLD_CPU,
     nightly_env,
     promote_version,
@@ -198,31 +197,13 @@ def test_a_version_revoked_since_planning_is_skipped_unrecorded(registry, tmp_pa
 # --------------------------------------------------------------------------- endpoints
 
 
-class _FakeServer:
-    """An OpenAI-style /v1/completions that samples 'words' from a fixed distribution per prompt."""
+def _sampling_server(alphabet: str) -> FakeCompletions:
+    """Samples 'words' from a fixed distribution per request, seeded by the request's seed."""
+    def sample(body: dict) -> str:
+        rng = random.Random(body["seed"])
+        return "".join(rng.choice(alphabet) for _ in range(24))
 
-    def __init__(self, alphabet: str) -> None:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                rng = random.Random(body["seed"])
-                text = "".join(rng.choice(outer.alphabet) for _ in range(24))
-                data = json.dumps({"choices": [{"text": text}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.alphabet = alphabet
-        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+    return FakeCompletions(sample)
 
 
 def _baseline_samples(alphabet: str, prompts: int = 4, per_prompt: int = 6) -> bytes:
@@ -238,14 +219,14 @@ def _baseline_samples(alphabet: str, prompts: int = 4, per_prompt: int = 6) -> b
 def test_endpoint_is_tested_against_the_versions_baseline_samples(registry, tmp_path: Path, served: str,
                                                                    verdict: str) -> None:
     _promote(registry, tmp_path, "acme/tiny", "1", {"fingerprint-samples.json": _baseline_samples("ab")})
-    server = _FakeServer(served)
+    server = _sampling_server(served)
     try:
         endpoints = parse_endpoints(json.dumps([{"name": "edge", "url": server.url, "model": "acme/tiny",
                                                  "version": "1", "served_model": "tiny"}]), "test")
         outcome = check_endpoint(_reader(), "edge", endpoints, run_id="r1", settings=NightlySettings.from_env(),
                                  permutations=200)
     finally:
-        server.httpd.shutdown()
+        server.close()
     assert outcome.verdict == verdict, outcome.reason
     assert outcome.target.startswith("endpoint:edge http://127.0.0.1:")
     assert (outcome.details["p_value"] < 0.05) == (verdict == "fail")
